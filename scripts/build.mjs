@@ -1,0 +1,37 @@
+// Bundles the CLI into dist/ with esbuild. Why bundle: PostgreSQL starts `pgark wal-push`
+// once per WAL segment, so start-up time matters. One ESM entry plus lazily imported chunks
+// (code splitting) means `pgark --version` parses almost nothing, and a command loads only
+// the storage driver it uses (the AWS and Azure SDKs are large).
+import { build } from 'esbuild';
+import { chmodSync, readFileSync, rmSync } from 'node:fs';
+
+const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
+rmSync(new URL('../dist', import.meta.url), { recursive: true, force: true });
+
+await build({
+  entryPoints: { pgark: 'src/cli/main.ts' },
+  outdir: 'dist',
+  outExtension: { '.js': '.mjs' },
+  chunkNames: 'chunks/[name]-[hash]',
+  bundle: true,
+  splitting: true,
+  format: 'esm',
+  platform: 'node',
+  target: 'node22',
+  sourcemap: 'linked',
+  legalComments: 'none',
+  logLevel: 'warning',
+  define: { PGARK_VERSION: JSON.stringify(pkg.version) },
+  // Some bundled CommonJS dependencies call require(); give them one.
+  banner: {
+    js: [
+      '#!/usr/bin/env node',
+      "import { createRequire as __pgarkCreateRequire } from 'node:module';",
+      'const require = __pgarkCreateRequire(import.meta.url);',
+    ].join('\n'),
+  },
+  // pg-native: an optional peer of node-postgres that we never use. lz4-napi: a native addon,
+  // loaded from node_modules at run time (only when the lz4 codec is used).
+  external: ['pg-native', 'lz4-napi'],
+});
+chmodSync('dist/pgark.mjs', 0o755);

@@ -1,0 +1,102 @@
+/**
+ * The command table: names, usage, options and a lazy loader for each command's code, so that
+ * starting pgark parses only what the one command needs.
+ */
+import type { CommandContext } from './context.ts';
+
+export interface OptionSpec {
+  type: 'string' | 'boolean';
+  short?: string;
+  multiple?: boolean;
+  description: string;
+  valueName?: string;
+}
+
+export interface CommandSpec {
+  name: string;
+  summary: string;
+  usage: string;
+  description?: string;
+  positionals: { min: number; max: number };
+  options: Record<string, OptionSpec>;
+  /** Whether the command reads the configuration (every one but keygen and help). */
+  usesConfig: boolean;
+  load: () => Promise<{ run: (ctx: CommandContext) => Promise<number | void> }>;
+}
+
+const JSON_OPTION: OptionSpec = { type: 'boolean', description: 'Print the result as JSON' };
+
+export const COMMANDS: readonly CommandSpec[] = [
+  {
+    name: 'init',
+    summary: 'Initialise a repository for this PostgreSQL cluster',
+    usage: 'pgark init [--repo URL] [--recipient age1...]',
+    description:
+      'Connects to PostgreSQL, reads its system identifier, version and WAL segment size, and writes the\n' +
+      'repository description (pgark.json) with the public encryption recipients. Refuses a repository\n' +
+      'that belongs to another cluster. Running it again on the same cluster changes nothing.',
+    positionals: { min: 0, max: 0 },
+    options: { json: JSON_OPTION },
+    usesConfig: true,
+    load: () => import('../commands/init.ts'),
+  },
+  {
+    name: 'check',
+    summary: 'Check configuration, repository access, database connection and archiving',
+    usage: 'pgark check [--json]',
+    positionals: { min: 0, max: 0 },
+    options: {
+      json: JSON_OPTION,
+      'no-postgres': { type: 'boolean', description: 'Skip the database checks (repository only)' },
+    },
+    usesConfig: true,
+    load: () => import('../commands/check.ts'),
+  },
+  {
+    name: 'put',
+    summary: 'Store standard input as a named stream (tar, pg_dump, any pipe)',
+    usage: 'tar -c . | pgark put NAME',
+    description: 'Reads standard input of any length, compresses, encrypts (when recipients are set) and stores it.\nStreams are never overwritten.',
+    positionals: { min: 1, max: 1 },
+    options: { json: JSON_OPTION },
+    usesConfig: true,
+    load: () => import('../commands/put.ts'),
+  },
+  {
+    name: 'get',
+    summary: 'Write a stored stream to standard output, verified',
+    usage: 'pgark get NAME | tar -x',
+    description:
+      'Decrypts, decompresses and verifies the SHA-256 of the content. Output is streamed, so a damaged\n' +
+      'stream is reported at the end with a non-zero exit: use `set -o pipefail` in scripts.',
+    positionals: { min: 1, max: 1 },
+    options: {},
+    usesConfig: true,
+    load: () => import('../commands/get.ts'),
+  },
+  {
+    name: 'ls',
+    summary: 'List stored streams with sizes and dates',
+    usage: 'pgark ls [--json]',
+    positionals: { min: 0, max: 0 },
+    options: { json: JSON_OPTION },
+    usesConfig: true,
+    load: () => import('../commands/ls.ts'),
+  },
+  {
+    name: 'keygen',
+    summary: 'Create an age identity (private key file) and print its recipient',
+    usage: 'pgark keygen --output FILE',
+    description:
+      'Writes a new X25519 identity in age format (readable with stock `age -d -i FILE`) with mode 0600 and\n' +
+      'prints the public recipient (age1...). Backup hosts need only the recipient; keep the file elsewhere.',
+    positionals: { min: 0, max: 0 },
+    options: { output: { type: 'string', short: 'o', valueName: 'FILE', description: 'Identity file to create (never overwritten); - for standard output' } },
+    usesConfig: false,
+    load: () => import('../commands/keygen.ts'),
+  },
+];
+
+export function findCommand(name: string): CommandSpec | undefined {
+  return COMMANDS.find((command) => command.name === name);
+}

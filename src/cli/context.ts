@@ -1,0 +1,14 @@
+/** What every command receives from the CLI layer. */
+import type { LoadedConfig } from '../config/load.ts';
+
+export interface CommandContext {
+  /** Positional arguments after the command name. */
+  args: string[];
+  /** Command-specific option values (not settings). */
+  options: Record<string, string | boolean | string[] | undefined>;
+  /** The configuration; commands that do not use it get the defaults. */
+  loaded: LoadedConfig;
+  json: boolean;
+  /** Aborted on SIGINT/SIGTERM: commands stop and clean up (no open uploads left). */
+  signal: AbortSignal;
+}

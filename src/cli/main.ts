@@ -1,0 +1,20 @@
+/**
+ * Entry point of the `pgark` executable. Kept tiny: PostgreSQL runs `pgark wal-push` once per
+ * WAL segment, so `--version` and every command must start fast. Everything else is imported
+ * on demand.
+ */
+import module from 'node:module';
+
+declare const PGARK_VERSION: string | undefined;
+const version = typeof PGARK_VERSION === 'string' ? PGARK_VERSION : 'dev';
+
+const argv = process.argv.slice(2);
+if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V' || argv[0] === 'version')) {
+  process.stdout.write(`pgark ${version}\n`);
+} else {
+  // V8's code cache on disk (Node >= 22.1) makes loading the lazily imported chunks — the
+  // AWS SDK above all — several times faster from the second run on.
+  module.enableCompileCache?.();
+  const { runCli } = await import('./run.ts');
+  process.exitCode = await runCli(argv);
+}

@@ -1,0 +1,83 @@
+/**
+ * Every setting pgark knows, in one table. The config file (YAML, kebab-case keys), the
+ * environment (PGARK_ + upper snake case) and the command-line flags (--key) are all derived
+ * from it, and so is the configuration reference in the README (`pgark help settings`).
+ */
+export type SettingType =
+  | { kind: 'string' }
+  | { kind: 'list' }                       // YAML list, comma-separated in env, repeatable flag
+  | { kind: 'boolean' }
+  | { kind: 'integer'; min: number; max: number }
+  | { kind: 'size'; min?: number }         // bytes: 8MiB, 1G, 4096
+  | { kind: 'duration' }                   // milliseconds: 30s, 5m, 250ms
+  | { kind: 'enum'; values: readonly string[] };
+
+export interface SettingSpec {
+  readonly key: string;
+  readonly type: SettingType;
+  readonly description: string;
+  readonly default?: string | number | boolean;
+  /** Never logged or printed; `pgark config` shows "(set)" instead. */
+  readonly secret?: boolean;
+  readonly group: 'repository' | 's3' | 'azure' | 'encryption' | 'postgres' | 'performance' | 'logging';
+}
+
+const STORAGE_CLASS_NOTE = 'S3 storage class; empty = the bucket default';
+
+export const SETTINGS = [
+  { key: 'repo', group: 'repository', type: { kind: 'string' }, description: 'Repository URL: file:///path, s3://bucket/prefix, azure://container/prefix' },
+  { key: 'compression', group: 'repository', type: { kind: 'enum', values: ['zstd', 'lz4', 'gzip', 'none'] }, default: 'zstd', description: 'Codec for new objects (reading detects the codec of each object)' },
+  { key: 'compression-level', group: 'repository', type: { kind: 'integer', min: -7, max: 22 }, description: 'Codec level: zstd 1-19 (default 3), gzip 1-9 (default 6); lz4 ignores it' },
+
+  { key: 'recipient', group: 'encryption', type: { kind: 'list' }, description: 'age recipient(s) (age1..., public) to encrypt new objects to; default: the recipients recorded by `pgark init`' },
+  { key: 'identity', group: 'encryption', type: { kind: 'string' }, description: 'age identity file (private key, mode 0600) for reading encrypted objects' },
+
+  { key: 's3-region', group: 's3', type: { kind: 'string' }, description: 'S3 region (default: AWS_REGION, the profile, or us-east-1)' },
+  { key: 's3-endpoint', group: 's3', type: { kind: 'string' }, description: 'Custom S3 endpoint URL (Ceph RGW, MinIO, ...)' },
+  { key: 's3-force-path-style', group: 's3', type: { kind: 'boolean' }, description: 'Path-style addressing (bucket in the path); default on for a custom endpoint' },
+  { key: 's3-profile', group: 's3', type: { kind: 'string' }, description: 'Shared-config profile for credentials (default: AWS_PROFILE / default)' },
+  { key: 's3-access-key-id', group: 's3', type: { kind: 'string' }, description: 'Static access key; default: the standard AWS credential chain (env, profile, web identity, IMDS)' },
+  { key: 's3-secret-access-key', group: 's3', type: { kind: 'string' }, secret: true, description: 'Static secret key (with s3-access-key-id)' },
+  { key: 's3-session-token', group: 's3', type: { kind: 'string' }, secret: true, description: 'Session token for temporary static credentials' },
+  { key: 's3-storage-class', group: 's3', type: { kind: 'string' }, description: `${STORAGE_CLASS_NOTE}, for every kind of object` },
+  { key: 's3-storage-class-wal', group: 's3', type: { kind: 'string' }, description: `${STORAGE_CLASS_NOTE}, for WAL segments` },
+  { key: 's3-storage-class-data', group: 's3', type: { kind: 'string' }, description: `${STORAGE_CLASS_NOTE}, for backup data and streams` },
+  { key: 's3-storage-class-meta', group: 's3', type: { kind: 'string' }, description: `${STORAGE_CLASS_NOTE}, for manifests and small metadata` },
+  { key: 's3-sse', group: 's3', type: { kind: 'enum', values: ['none', 'sse-s3', 'sse-kms', 'sse-c'] }, default: 'none', description: 'Server-side encryption' },
+  { key: 's3-sse-kms-key-id', group: 's3', type: { kind: 'string' }, description: 'KMS key id for s3-sse=sse-kms (default: the account key)' },
+  { key: 's3-sse-c-key', group: 's3', type: { kind: 'string' }, secret: true, description: 'Base64 256-bit key for s3-sse=sse-c (needed to read too)' },
+  { key: 's3-checksum-mode', group: 's3', type: { kind: 'enum', values: ['when-required', 'when-supported'] }, default: 'when-required', description: 'AWS SDK request/response checksum mode; when-supported breaks streaming uploads on RGW and Swift' },
+  
+
+  { key: 'azure-connection-string', group: 'azure', type: { kind: 'string' }, secret: true, description: 'Storage connection string (default: AZURE_STORAGE_CONNECTION_STRING)' },
+  { key: 'azure-account', group: 'azure', type: { kind: 'string' }, description: 'Storage account name (with azure-key, azure-sas or DefaultAzureCredential)' },
+  { key: 'azure-key', group: 'azure', type: { kind: 'string' }, secret: true, description: 'Storage account key' },
+  { key: 'azure-sas', group: 'azure', type: { kind: 'string' }, secret: true, description: 'Shared access signature token' },
+  { key: 'azure-endpoint', group: 'azure', type: { kind: 'string' }, description: 'Blob endpoint URL (default https://ACCOUNT.blob.core.windows.net)' },
+  { key: 'azure-access-tier', group: 'azure', type: { kind: 'enum', values: ['', 'Hot', 'Cool', 'Cold', 'Archive'] }, description: 'Access tier for new blobs (empty = account default)' },
+
+  { key: 'pg-host', group: 'postgres', type: { kind: 'string' }, description: 'PostgreSQL host or socket directory (default: PGHOST, /var/run/postgresql, localhost)' },
+  { key: 'pg-port', group: 'postgres', type: { kind: 'integer', min: 1, max: 65535 }, description: 'PostgreSQL port (default: PGPORT or 5432)' },
+  { key: 'pg-user', group: 'postgres', type: { kind: 'string' }, description: 'PostgreSQL user (default: PGUSER or the OS user)' },
+  { key: 'pg-database', group: 'postgres', type: { kind: 'string' }, description: 'Database to connect to (default: PGDATABASE or postgres)' },
+  { key: 'pg-password', group: 'postgres', type: { kind: 'string' }, secret: true, description: 'Password (prefer ~/.pgpass or PGPASSWORD)' },
+  { key: 'pgdata', group: 'postgres', type: { kind: 'string' }, description: 'Data directory of the cluster (default: PGDATA, or asked from the server)' },
+
+  { key: 'part-size', group: 'performance', type: { kind: 'size', min: 1024 }, default: '8MiB', description: 'First part size of multipart uploads (S3 parts, Azure blocks); later parts grow so 10,000 S3 parts reach 5 TiB. S3 needs at least 5MiB' },
+  { key: 'process-max', group: 'performance', type: { kind: 'integer', min: 1, max: 64 }, default: 4, description: 'Parallel transfers' },
+  { key: 'bandwidth-limit', group: 'performance', type: { kind: 'size' }, default: 0, description: 'Transfer limit in bytes per second, per process (0 = none), e.g. 50MiB' },
+  { key: 'retry-max', group: 'performance', type: { kind: 'integer', min: 1, max: 50 }, default: 8, description: 'Attempts per storage request (exponential backoff with jitter)' },
+  { key: 'request-timeout', group: 'performance', type: { kind: 'duration' }, default: '60s', description: 'A request with no progress for this long is retried' },
+  { key: 'connect-timeout', group: 'performance', type: { kind: 'duration' }, default: '5s', description: 'TCP connect timeout to the object store' },
+
+  { key: 'log-level', group: 'logging', type: { kind: 'enum', values: ['debug', 'info', 'warn', 'error'] }, default: 'info', description: 'Least severe level logged' },
+  { key: 'log-format', group: 'logging', type: { kind: 'enum', values: ['auto', 'text', 'json'] }, default: 'auto', description: 'auto: text on a terminal, JSON lines otherwise' },
+] as const satisfies readonly SettingSpec[];
+
+export type SettingKey = (typeof SETTINGS)[number]['key'];
+
+export function envNameOf(key: string): string {
+  return 'PGARK_' + key.toUpperCase().replaceAll('-', '_');
+}
+
+export const SETTINGS_BY_KEY: ReadonlyMap<string, SettingSpec> = new Map(SETTINGS.map((s) => [s.key, s]));

@@ -1,0 +1,63 @@
+/**
+ * Compression stages. Every object's key ends with its codec's extension, so readers pick
+ * the decoder from the key and a repository may mix codecs (changing `compression` affects
+ * only new objects).
+ */
+import { constants, createGunzip, createGzip, createZstdCompress, createZstdDecompress } from 'node:zlib';
+import { PassThrough, type Transform } from 'node:stream';
+
+export type Codec = 'zstd' | 'lz4' | 'gzip' | 'none';
+
+export const CODEC_EXTENSION: Record<Codec, string> = { zstd: '.zst', lz4: '.lz4', gzip: '.gz', none: '' };
+
+const DEFAULT_LEVEL: Record<Codec, number | undefined> = { zstd: 3, gzip: 6, lz4: undefined, none: undefined };
+
+/** Chunk size handed to the compressors: large enough to amortise per-call overhead. */
+const ZLIB_CHUNK = 256 * 1024;
+
+export async function compressStage(codec: Codec, level?: number): Promise<Transform> {
+  const effectiveLevel = level ?? DEFAULT_LEVEL[codec];
+  switch (codec) {
+    case 'zstd':
+      return createZstdCompress({
+        chunkSize: ZLIB_CHUNK,
+        params: {
+          [constants.ZSTD_c_compressionLevel]: effectiveLevel!,
+          // A content checksum lets stock `zstd -d` (and we) detect corruption without age.
+          [constants.ZSTD_c_checksumFlag]: 1,
+        },
+      });
+    case 'gzip':
+      return createGzip({ level: effectiveLevel, chunkSize: ZLIB_CHUNK });
+    case 'lz4': {
+      const { createLz4CompressStream } = await import('./lz4.ts');
+      return createLz4CompressStream();
+    }
+    case 'none':
+      return new PassThrough();
+  }
+}
+
+export async function decompressStage(codec: Codec): Promise<Transform> {
+  switch (codec) {
+    case 'zstd':
+      return createZstdDecompress({ chunkSize: ZLIB_CHUNK });
+    case 'gzip':
+      return createGunzip({ chunkSize: ZLIB_CHUNK });
+    case 'lz4': {
+      const { createLz4DecompressStream } = await import('./lz4.ts');
+      return createLz4DecompressStream();
+    }
+    case 'none':
+      return new PassThrough();
+  }
+}
+
+/** The codec of an object from its key's extension (before an optional ".age"). */
+export function codecOfKey(key: string): Codec {
+  const base = key.endsWith('.age') ? key.slice(0, -4) : key;
+  if (base.endsWith('.zst')) return 'zstd';
+  if (base.endsWith('.lz4')) return 'lz4';
+  if (base.endsWith('.gz')) return 'gzip';
+  return 'none';
+}
