@@ -19,6 +19,8 @@ export interface CommandSpec {
   description?: string;
   positionals: { min: number; max: number };
   options: Record<string, OptionSpec>;
+  /** Internal commands are not listed in `pgark --help`. */
+  hidden?: boolean;
   /** Whether the command reads the configuration (every one but keygen and help). */
   usesConfig: boolean;
   load: () => Promise<{ run: (ctx: CommandContext) => Promise<number | void> }>;
@@ -51,6 +53,60 @@ export const COMMANDS: readonly CommandSpec[] = [
     },
     usesConfig: true,
     load: () => import('../commands/check.ts'),
+  },
+  {
+    name: 'wal-push',
+    summary: 'Archive a WAL file (archive_command)',
+    usage: "archive_command = 'pgark wal-push %p'",
+    description:
+      'Stores the WAL file at %p (compressed, encrypted, with its SHA-256) and exits 0 only once the store has\n' +
+      'confirmed it. Also uploads, in parallel, other WAL files already waiting (archive-push-ahead), so the\n' +
+      'next calls return at once. A file already archived with the same content succeeds; different content\n' +
+      'under an archived name is refused and never overwritten.',
+    positionals: { min: 1, max: 1 },
+    options: {},
+    usesConfig: true,
+    load: () => import('../commands/wal-push.ts'),
+  },
+  {
+    name: 'wal-fetch',
+    summary: 'Restore a WAL file from the archive (restore_command)',
+    usage: "restore_command = 'pgark wal-fetch %f %p'",
+    description:
+      'Writes WAL file %f to %p, verified. Exits 1, quietly, when the archive does not have it. Prefetches the\n' +
+      'next segments in the background (wal-prefetch) so recovery does not wait on the object store.',
+    positionals: { min: 2, max: 2 },
+    options: {},
+    usesConfig: true,
+    load: () => import('../commands/wal-fetch.ts'),
+  },
+  {
+    name: 'wal-prefetch',
+    summary: 'Download the segments after SEGMENT into the spool (started by wal-fetch)',
+    usage: 'pgark wal-prefetch SEGMENT',
+    positionals: { min: 1, max: 1 },
+    options: {},
+    usesConfig: true,
+    hidden: true,
+    load: () => import('../commands/wal-prefetch.ts'),
+  },
+  {
+    name: 'wal-verify',
+    summary: 'Check that the WAL archive has no gaps and every file is readable',
+    usage: 'pgark wal-verify [--quick] [--json]',
+    positionals: { min: 0, max: 0 },
+    options: { json: JSON_OPTION, quick: { type: 'boolean', description: 'Only list (existence and continuity), do not download' } },
+    usesConfig: true,
+    load: () => import('../commands/wal-verify.ts'),
+  },
+  {
+    name: 'info',
+    summary: 'Show what the repository holds: cluster, WAL per timeline, streams',
+    usage: 'pgark info [--json]',
+    positionals: { min: 0, max: 0 },
+    options: { json: JSON_OPTION },
+    usesConfig: true,
+    load: () => import('../commands/info.ts'),
   },
   {
     name: 'put',

@@ -9,6 +9,8 @@ export interface CommandContext {
   /** The configuration; commands that do not use it get the defaults. */
   loaded: LoadedConfig;
   json: boolean;
+  /** The --config and setting flags of this invocation, to pass on to a child pgark process. */
+  forwardArgs: string[];
   /** Aborted on SIGINT/SIGTERM: commands stop and clean up (no open uploads left). */
   signal: AbortSignal;
 }

@@ -3,14 +3,15 @@ import { envNameOf, SETTINGS, type SettingSpec } from '../config/settings.ts';
 import { COMMANDS, type CommandSpec } from './commands.ts';
 
 export function mainHelp(): string {
-  const width = Math.max(...COMMANDS.map((c) => c.name.length));
+  const listed = COMMANDS.filter((c) => !c.hidden);
+  const width = Math.max(...listed.map((c) => c.name.length));
   return [
     'pgark — backup and point-in-time restore of PostgreSQL to object storage',
     '',
     'Usage: pgark COMMAND [options]',
     '',
     'Commands:',
-    ...COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
+    ...listed.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
     '',
     'Every command takes --help, --config FILE (default /etc/pgark/pgark.yaml), --debug,',
     'and any setting as --KEY VALUE (`pgark help settings` lists them).',

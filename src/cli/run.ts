@@ -108,8 +108,15 @@ export async function runCli(argv: string[]): Promise<number> {
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
 
+    const forwardArgs: string[] = values.config ? ['--config', values.config as string] : [];
+    for (const [key, value] of Object.entries(flags)) {
+      if (value === undefined) continue;
+      if (typeof value === 'boolean') forwardArgs.push(value ? `--${key}` : '');
+      else for (const item of [value].flat()) forwardArgs.push(`--${key}`, item);
+    }
+
     const command = await spec.load();
-    const code = await command.run({ args: positionals, options: commandOptions, loaded, json: Boolean(values.json), signal: controller.signal });
+    const code = await command.run({ args: positionals, options: commandOptions, loaded, json: Boolean(values.json), signal: controller.signal, forwardArgs: forwardArgs.filter(Boolean) });
     return code ?? 0;
   } catch (error) {
     return reportError(error, debug, spec?.name);

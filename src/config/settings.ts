@@ -19,7 +19,7 @@ export interface SettingSpec {
   readonly default?: string | number | boolean;
   /** Never logged or printed; `pgark config` shows "(set)" instead. */
   readonly secret?: boolean;
-  readonly group: 'repository' | 's3' | 'azure' | 'encryption' | 'postgres' | 'performance' | 'logging';
+  readonly group: 'repository' | 's3' | 'azure' | 'encryption' | 'postgres' | 'archive' | 'performance' | 'logging';
 }
 
 const STORAGE_CLASS_NOTE = 'S3 storage class; empty = the bucket default';
@@ -69,6 +69,11 @@ export const SETTINGS = [
   { key: 'retry-max', group: 'performance', type: { kind: 'integer', min: 1, max: 50 }, default: 8, description: 'Attempts per storage request (exponential backoff with jitter)' },
   { key: 'request-timeout', group: 'performance', type: { kind: 'duration' }, default: '60s', description: 'A request with no progress for this long is retried' },
   { key: 'connect-timeout', group: 'performance', type: { kind: 'duration' }, default: '5s', description: 'TCP connect timeout to the object store' },
+
+  { key: 'spool-path', group: 'archive', type: { kind: 'string' }, description: 'Local directory for WAL pushed ahead and prefetched (default /var/spool/pgark if writable, else a directory in TMPDIR)' },
+  { key: 'archive-push-ahead', group: 'archive', type: { kind: 'integer', min: 0, max: 1000 }, default: 16, description: 'wal-push also uploads up to this many other .ready WAL files, in parallel, so the next calls return at once' },
+  { key: 'archive-queue-max', group: 'archive', type: { kind: 'size' }, default: 0, description: 'When the store is unreachable and more WAL than this waits in pg_wal, wal-push drops it (reports success) to keep PostgreSQL from filling its disk. Breaks point-in-time recovery until the next backup. 0 = never drop' },
+  { key: 'wal-prefetch', group: 'archive', type: { kind: 'integer', min: 0, max: 256 }, default: 8, description: 'wal-fetch downloads this many following segments ahead, in the background' },
 
   { key: 'log-level', group: 'logging', type: { kind: 'enum', values: ['debug', 'info', 'warn', 'error'] }, default: 'info', description: 'Least severe level logged' },
   { key: 'log-format', group: 'logging', type: { kind: 'enum', values: ['auto', 'text', 'json'] }, default: 'auto', description: 'auto: text on a terminal, JSON lines otherwise' },

@@ -33,15 +33,19 @@ export async function readRepoIdentity(storage: Storage): Promise<RepoIdentity |
     if (error instanceof PgarkError && error.code === 'NOT_FOUND') return undefined;
     throw error;
   }
+  return parseRepoIdentity(text, `${IDENTITY_KEY} in ${storage.description}`);
+}
+
+export function parseRepoIdentity(text: string, where: string): RepoIdentity {
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
   } catch {
-    throw new PgarkError('INTEGRITY', `${IDENTITY_KEY} in ${storage.description} is not valid JSON`, { hint: 'the repository description is damaged; restore it from a copy or re-run `pgark init` in a new location' });
+    throw new PgarkError('INTEGRITY', `${where} is not valid JSON`, { hint: 'the repository description is damaged; restore it from a copy or re-run `pgark init` in a new location' });
   }
   const result = RepoIdentitySchema.safeParse(parsed);
   if (!result.success) {
-    throw new PgarkError('INTEGRITY', `${IDENTITY_KEY} in ${storage.description} is malformed at ${result.error.issues[0]?.path.join('.') || 'top level'}`);
+    throw new PgarkError('INTEGRITY', `${where} is malformed at ${result.error.issues[0]?.path.join('.') || 'top level'}`);
   }
   if (result.data.format > REPO_FORMAT_VERSION) {
     throw new PgarkError('REPO_MISMATCH', `repository format ${result.data.format} is newer than this pgark understands (${REPO_FORMAT_VERSION})`, { hint: 'upgrade pgark' });

@@ -29,3 +29,37 @@ export function streamNameOfManifestKey(key: string): string | undefined {
   const match = /^streams\/([^/]+)\/manifest\.json$/.exec(key);
   return match?.[1];
 }
+
+// ---- WAL archive ----------------------------------------------------------------------------
+// wal/<timeline><log>/<segment>-<sha256>.<codec>[.age]    segments, .partial and .backup files
+// wal/history/<timeline>.history-<sha256>.<codec>[.age]   timeline history files
+// The SHA-256 of the file's content is part of the key: an archived file is never rewritten,
+// a duplicate push is recognised from a LIST alone, and a fetch verifies what it got.
+
+export const WAL_PREFIX = 'wal/';
+
+export interface WalObjectName {
+  /** The WAL file name as PostgreSQL knows it. */
+  name: string;
+  sha256: string;
+}
+
+export function walDirectoryOf(name: string): string {
+  return name.endsWith('.history') ? `${WAL_PREFIX}history/` : `${WAL_PREFIX}${name.slice(0, 16)}/`;
+}
+
+/** The common prefix of every object holding WAL file `name` (one per distinct content). */
+export function walObjectPrefix(name: string): string {
+  return `${walDirectoryOf(name)}${name}-`;
+}
+
+export function walObjectKey(name: string, sha256: string, suffix: string): string {
+  return `${walObjectPrefix(name)}${sha256}${suffix}`;
+}
+
+const WAL_OBJECT_KEY = /^wal\/(?:[0-9A-F]{16}|history)\/([0-9A-F]{8}(?:[0-9A-F]{16}(?:\.partial|\.[0-9A-F]{8}\.backup)?|\.history))-([0-9a-f]{64})(?:\.zst|\.lz4|\.gz)?(?:\.age)?$/;
+
+export function parseWalObjectKey(key: string): WalObjectName | undefined {
+  const match = WAL_OBJECT_KEY.exec(key);
+  return match ? { name: match[1]!, sha256: match[2]! } : undefined;
+}

@@ -9,7 +9,8 @@ import { PgarkError } from '../errors.ts';
 import type { WriteFormat } from '../pipeline/object-format.ts';
 import { openStorage } from '../storage/open.ts';
 import type { Storage } from '../storage/types.ts';
-import { readRepoIdentity, type RepoIdentity } from './identity.ts';
+import { parseRepoIdentity, readRepoIdentity, type RepoIdentity } from './identity.ts';
+import type { Spool } from './spool.ts';
 import { loadIdentityFile, validateRecipients } from './keys.ts';
 
 export class Repository {
@@ -24,11 +25,20 @@ export class Repository {
     this.loaded = loaded;
   }
 
-  static async open(loaded: LoadedConfig, options: { requireInit: boolean }): Promise<Repository> {
+  /**
+   * `spool`: where to cache the repository description, which never changes after init, so
+   * that wal-push and wal-fetch (one process per WAL file) save a round trip per call.
+   */
+  static async open(loaded: LoadedConfig, options: { requireInit: boolean; spool?: Spool }): Promise<Repository> {
     const url = requireSetting(loaded, 'repo', 'where is the repository?');
     const storage = await openStorage(url, loaded.config);
     try {
-      const identity = await readRepoIdentity(storage);
+      const cached = await options.spool?.readCachedIdentity();
+      let identity = cached ? parseRepoIdentity(cached, 'the cached repository description') : undefined;
+      if (!identity) {
+        identity = await readRepoIdentity(storage);
+        if (identity) await options.spool?.cacheIdentity(JSON.stringify(identity));
+      }
       if (!identity && options.requireInit) {
         throw new PgarkError('CONFIG', `${storage.description} is not a pgark repository (no pgark.json)`, {
           hint: 'run `pgark init` once to initialise it for this cluster, or fix the repo setting',

@@ -1,0 +1,112 @@
+/**
+ * The WAL archive: storing and fetching WAL files (segments, partial segments, backup labels,
+ * timeline histories) by name. Objects are immutable and content-addressed by their name and
+ * SHA-256 (layout.ts), which gives the archive its safety rules:
+ * - pushing a file already stored with the same content is a no-op (recognised by LIST);
+ * - pushing different content under an archived name is refused, loudly, and nothing is
+ *   overwritten;
+ * - a fetch checks the SHA-256 of what it decoded against the key.
+ */
+import { createHash } from 'node:crypto';
+import { PgarkError } from '../errors.ts';
+import { decodeBuffer, encodeBuffer, isEncryptedKey, suffixOf } from '../pipeline/object-format.ts';
+import { checkSegmentHeader, requireWalFileName } from '../postgres/wal.ts';
+import type { ObjectInfo } from '../storage/types.ts';
+import { parseWalObjectKey, WAL_PREFIX, walObjectKey, walObjectPrefix } from './layout.ts';
+import type { Repository } from './repository.ts';
+
+export function sha256Hex(data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+export type PushOutcome = 'stored' | 'already-archived';
+
+export interface StoredWalObject {
+  key: string;
+  name: string;
+  sha256: string;
+  size: number;
+  lastModified: Date;
+}
+
+async function findStored(repo: Repository, name: string): Promise<StoredWalObject[]> {
+  const found: StoredWalObject[] = [];
+  for await (const object of repo.storage.list(walObjectPrefix(name))) {
+    const parsed = parseWalObjectKey(object.key);
+    if (parsed && parsed.name === name) found.push({ key: object.key, ...parsed, size: object.size, lastModified: object.lastModified });
+  }
+  return found;
+}
+
+/**
+ * Archives one WAL file. Resolves only once the store has confirmed the object; throws
+ * CONFLICT when the name is archived with other content, REPO_MISMATCH for another cluster's
+ * segment.
+ */
+export async function pushWalFile(repo: Repository, name: string, content: Buffer, signal?: AbortSignal): Promise<PushOutcome> {
+  const file = requireWalFileName(name);
+  const identity = repo.identity;
+  if (!identity) throw new PgarkError('INTERNAL', 'pushWalFile needs an initialised repository');
+  checkSegmentHeader(file, content, identity.postgres);
+  const sha256 = sha256Hex(content);
+
+  const existing = await findStored(repo, name);
+  if (existing.some((object) => object.sha256 === sha256)) return 'already-archived';
+  if (existing.length > 0) throw conflictError(name, existing);
+
+  const format = await repo.writeFormat();
+  const key = walObjectKey(name, sha256, suffixOf(format));
+  await repo.storage.put(key, await encodeBuffer(content, format), { kind: 'wal', signal });
+
+  // Two writers racing on one name (a split brain: two primaries archiving into one
+  // repository) can both store: nothing is overwritten, and wal-fetch and wal-verify refuse
+  // and report the ambiguity rather than guessing.
+  return 'stored';
+}
+
+function conflictError(name: string, stored: StoredWalObject[]): PgarkError {
+  return new PgarkError('CONFLICT', `${name} is already archived with different content; refusing to overwrite it`, {
+    hint: 'two servers may be archiving into the same repository (a split brain?), or this server was restored without changing the repository; check `pgark wal-verify` and give each cluster its own repository',
+    cause: stored.map((s) => s.key),
+  });
+}
+
+/** Fetches, decodes and verifies one WAL file; undefined when it is not in the archive. */
+export async function fetchWalFile(repo: Repository, name: string): Promise<Buffer | undefined> {
+  requireWalFileName(name);
+  const stored = await findStored(repo, name);
+  if (stored.length === 0) return undefined;
+  const distinct = new Set(stored.map((s) => s.sha256));
+  if (distinct.size > 1) {
+    throw new PgarkError('CONFLICT', `${name} is archived ${distinct.size} times with different content`, {
+      hint: 'the archive holds WAL from two diverged servers; restore from a backup of the right one, or remove the wrong copy after checking `pgark wal-verify`',
+    });
+  }
+  return readStoredWal(repo, stored[0]!);
+}
+
+/** Downloads and verifies one stored WAL object. */
+export async function readStoredWal(repo: Repository, object: { key: string; name: string; sha256: string }): Promise<Buffer> {
+  const identities = isEncryptedKey(object.key) ? await repo.identities(`WAL file ${object.name}`) : [];
+  let content: Buffer;
+  try {
+    content = await decodeBuffer(await repo.storage.get(object.key), object.key, identities);
+  } catch (error) {
+    if (error instanceof PgarkError) throw error;
+    throw new PgarkError('INTEGRITY', `${object.name} in the archive is damaged: ${(error as Error).message}`, { cause: error });
+  }
+  if (sha256Hex(content) !== object.sha256) {
+    throw new PgarkError('INTEGRITY', `${object.name} in the archive failed its SHA-256 check`, { hint: 'the stored object was changed or damaged' });
+  }
+  return content;
+}
+
+/** Every WAL object in the archive (or under one directory prefix), parsed. */
+export async function listWalObjects(repo: Repository, prefix: string = WAL_PREFIX): Promise<StoredWalObject[]> {
+  const objects: StoredWalObject[] = [];
+  for await (const object of repo.storage.list(prefix) as AsyncIterable<ObjectInfo>) {
+    const parsed = parseWalObjectKey(object.key);
+    if (parsed) objects.push({ key: object.key, ...parsed, size: object.size, lastModified: object.lastModified });
+  }
+  return objects;
+}
