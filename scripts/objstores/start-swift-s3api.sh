@@ -156,6 +156,8 @@ use = egg:swift#listing_formats
 [filter:s3api]
 use = egg:swift#s3api
 location = us-east-1
+# parts smaller than 5 MiB (EntityTooSmall otherwise): pgark's part-size setting goes down to 1 KiB
+min_segment_size = 1024
 [filter:tempauth]
 use = egg:swift#tempauth
 user_test_tester = testing .admin
