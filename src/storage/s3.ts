@@ -190,7 +190,10 @@ export class S3Storage implements Storage {
         cause: error,
       });
     }
-    return new PgarkError('STORAGE', `${what} failed: ${name}${status ? ` (HTTP ${status})` : ''}${e.message && e.message !== name ? `: ${e.message}` : ''}`, { cause: error });
+    const sseHint = /customer provided keys|SSECustomer/i.test(e.message ?? '')
+      ? 'the object is encrypted with SSE-C: set s3-sse=sse-c and the same s3-sse-c-key it was written with'
+      : undefined;
+    return new PgarkError('STORAGE', `${what} failed: ${name}${status ? ` (HTTP ${status})` : ''}${e.message && e.message !== name ? `: ${e.message}` : ''}`, { cause: error, hint: sseHint });
   }
 
   async put(key: string, body: Readable | Buffer, options: PutOptions): Promise<{ size: number }> {
