@@ -55,6 +55,53 @@ export const COMMANDS: readonly CommandSpec[] = [
     load: () => import('../commands/check.ts'),
   },
   {
+    name: 'backup',
+    summary: 'Take a base backup (block-level incremental, logically full)',
+    usage: 'pgark backup [--full] [--keep] [--json]',
+    description:
+      'Backs up the data directory and tablespaces of the running cluster through the non-exclusive backup\n' +
+      'API. Relation pages unchanged since the newest backup on the same timeline are referenced, not stored\n' +
+      'again, so every backup restores on its own. The backup exists once its WAL is archived and all of it is\n' +
+      'stored; an interrupted backup is never listed.',
+    positionals: { min: 0, max: 0 },
+    options: {
+      full: { type: 'boolean', description: 'Store every block, not only what changed since the last backup' },
+      keep: { type: 'boolean', description: 'Mark the backup to be kept by retention' },
+      json: JSON_OPTION,
+    },
+    usesConfig: true,
+    load: () => import('../commands/backup.ts'),
+  },
+  {
+    name: 'restore',
+    summary: 'Restore a backup and configure recovery to the latest state or a target',
+    usage: 'pgark restore --target-dir DIR [--target-time T | --target-lsn L | --target-xid X | --target-name N | --target-immediate]',
+    description:
+      'Writes the chosen backup (by default the newest that ended before the target) into an empty directory,\n' +
+      'with backup_label, recovery.signal (or standby.signal) and restore_command = pgark wal-fetch. Start\n' +
+      'PostgreSQL on the directory and it replays the WAL archive up to the target.',
+    positionals: { min: 0, max: 0 },
+    options: {
+      'target-dir': { type: 'string', valueName: 'DIR', description: 'Data directory to restore into (empty or new; default: pgdata)' },
+      set: { type: 'string', valueName: 'ID', description: 'Restore this backup instead of choosing one' },
+      'target-time': { type: 'string', valueName: 'TIME', description: "Recover to this time, e.g. '2026-11-21 10:00:00+00'" },
+      'target-lsn': { type: 'string', valueName: 'LSN', description: 'Recover to this LSN' },
+      'target-xid': { type: 'string', valueName: 'XID', description: 'Recover to this transaction id' },
+      'target-name': { type: 'string', valueName: 'NAME', description: 'Recover to this restore point (pg_create_restore_point)' },
+      'target-immediate': { type: 'boolean', description: 'Stop as soon as the backup is consistent' },
+      'target-timeline': { type: 'string', valueName: 'TLI', description: 'Timeline to follow: a number, current or latest (PostgreSQL default: latest)' },
+      'target-action': { type: 'string', valueName: 'ACTION', description: 'At the target: pause (default), promote or shutdown' },
+      standby: { type: 'boolean', description: 'Write standby.signal: the restored server follows the archive (and primary-conninfo)' },
+      'primary-conninfo': { type: 'string', valueName: 'CONNINFO', description: 'With --standby: stream from this primary' },
+      'tablespace-map': { type: 'string', multiple: true, valueName: 'OID=DIR', description: 'Restore tablespace OID (or old location) to DIR; repeatable' },
+      delta: { type: 'boolean', description: 'Reuse an existing data directory (server stopped): rewrite only blocks that differ' },
+      'restore-command': { type: 'string', valueName: 'CMD', description: "restore_command to write (default: this pgark's wal-fetch)" },
+      json: JSON_OPTION,
+    },
+    usesConfig: true,
+    load: () => import('../commands/restore.ts'),
+  },
+  {
     name: 'wal-push',
     summary: 'Archive a WAL file (archive_command)',
     usage: "archive_command = 'pgark wal-push %p'",

@@ -73,6 +73,7 @@ export const SETTINGS = [
   { key: 'spool-path', group: 'archive', type: { kind: 'string' }, description: 'Local directory for WAL pushed ahead and prefetched (default /var/spool/pgark if writable, else a directory in TMPDIR)' },
   { key: 'archive-push-ahead', group: 'archive', type: { kind: 'integer', min: 0, max: 1000 }, default: 16, description: 'wal-push also uploads up to this many other .ready WAL files, in parallel, so the next calls return at once' },
   { key: 'archive-queue-max', group: 'archive', type: { kind: 'size' }, default: 0, description: 'When the store is unreachable and more WAL than this waits in pg_wal, wal-push drops it (reports success) to keep PostgreSQL from filling its disk. Breaks point-in-time recovery until the next backup. 0 = never drop' },
+  { key: 'archive-timeout', group: 'archive', type: { kind: 'duration' }, default: '60s', description: 'How long a backup waits for the WAL it needs to reach the archive' },
   { key: 'wal-prefetch', group: 'archive', type: { kind: 'integer', min: 0, max: 256 }, default: 8, description: 'wal-fetch downloads this many following segments ahead, in the background' },
 
   { key: 'log-level', group: 'logging', type: { kind: 'enum', values: ['debug', 'info', 'warn', 'error'] }, default: 'info', description: 'Least severe level logged' },

@@ -63,3 +63,41 @@ export function parseWalObjectKey(key: string): WalObjectName | undefined {
   const match = WAL_OBJECT_KEY.exec(key);
   return match ? { name: match[1]!, sha256: match[2]! } : undefined;
 }
+
+// ---- base backups ---------------------------------------------------------------------------
+// backups/<id>/manifest.jsonl<suffix>   every file, directory and link, with block extents
+// backups/<id>/backup.json              summary; written last: a backup exists iff this exists
+// packs/<xx>/<pack-id><suffix>          immutable packs of independently encoded blobs
+
+export const BACKUPS_PREFIX = 'backups/';
+export const PACKS_PREFIX = 'packs/';
+
+const BACKUP_ID = /^\d{8}T\d{6}[FI]$/;
+
+export function isValidBackupId(id: string): boolean {
+  return BACKUP_ID.test(id);
+}
+
+export function backupSummaryKey(id: string): string {
+  return `${BACKUPS_PREFIX}${id}/backup.json`;
+}
+
+export function backupManifestKey(id: string, suffix: string): string {
+  return `${BACKUPS_PREFIX}${id}/manifest.jsonl${suffix}`;
+}
+
+export function backupIdOfSummaryKey(key: string): string | undefined {
+  const match = /^backups\/(\d{8}T\d{6}[FI])\/backup\.json$/.exec(key);
+  return match?.[1];
+}
+
+/** A pack id is random hex plus the encoding suffix of its blobs: "3f9a…c1.zst.age". */
+const PACK_ID = /^[0-9a-f]{24}(?:\.zst|\.lz4|\.gz)?(?:\.age)?$/;
+
+export function isValidPackId(packId: string): boolean {
+  return PACK_ID.test(packId);
+}
+
+export function packKey(packId: string): string {
+  return `${PACKS_PREFIX}${packId.slice(0, 2)}/${packId}`;
+}

@@ -1,0 +1,231 @@
+/**
+ * pgark backup: a base backup of the running cluster, logically full, physically incremental.
+ *
+ * 1. pg_backup_start on a connection held open throughout; the base for the incremental is
+ *    the newest complete backup of this cluster on the same timeline (none: a full backup).
+ * 2. Walk PGDATA and tablespaces in a fixed order; back up files in parallel (process-max):
+ *    relation pages whose LSN predates the base's start are referenced, everything new is
+ *    compressed, encrypted and appended to packs uploaded in the background. The manifest is
+ *    streamed as files complete, in walk order (a bounded reorder window).
+ * 3. pg_backup_stop; wait until the WAL from the start to the stop segment is in the archive.
+ * 4. Wait for every pack and the manifest to be stored, then write backup.json: only now does
+ *    the backup exist. An interrupted backup leaves unreferenced packs and no summary.
+ */
+import type { CommandContext } from '../cli/context.ts';
+import { PgarkError } from '../errors.ts';
+import { startBackup, stopBackup } from '../postgres/backup-api.ts';
+import { clusterInfo, connect } from '../postgres/connection.ts';
+import { comparePaths, walkDataDirectory, type DataEntry } from '../postgres/pgdata.ts';
+import { parseLsn, segmentName, segmentNumberOfLsn } from '../postgres/wal.ts';
+import { backupFile, type FileBackupResult } from '../repo/backup-files.ts';
+import { listBackups, ManifestWriter, readManifest, writeBackupSummary, type BackupSummary, type ManifestEntry } from '../repo/backup-manifest.ts';
+import { walDirectoryOf } from '../repo/layout.ts';
+import { PackWriter } from '../repo/packs.ts';
+import { Repository } from '../repo/repository.ts';
+import { listWalObjects } from '../repo/wal-archive.ts';
+import { log } from '../util/log.ts';
+import { createProgress } from '../util/progress.ts';
+import { formatBytes, formatDuration } from '../util/units.ts';
+
+type FileEntry = Extract<ManifestEntry, { t: 'f' }>;
+
+/** Streams the base backup's manifest in walk order; `seek` advances to a path. */
+class BaseManifestCursor {
+  private readonly iterator: AsyncIterator<{ t: string; p?: string }>;
+  private current: FileEntry | undefined;
+  private done = false;
+
+  constructor(entries: AsyncIterable<{ t: string; p?: string }>) {
+    this.iterator = entries[Symbol.asyncIterator]();
+  }
+
+  async seek(path: string): Promise<FileEntry | undefined> {
+    for (;;) {
+      if (this.current) {
+        const order = comparePaths(this.current.p, path);
+        if (order === 0) return this.current;
+        if (order > 0) return undefined;
+      }
+      if (this.done) return undefined;
+      const next = await this.iterator.next();
+      if (next.done) {
+        this.done = true;
+        this.current = undefined;
+        return undefined;
+      }
+      if (next.value.t === 'f') this.current = next.value as FileEntry;
+    }
+  }
+}
+
+function backupId(type: 'full' | 'incremental', at: Date): string {
+  return at.toISOString().replace(/[-:]/g, '').slice(0, 15) + (type === 'full' ? 'F' : 'I');
+}
+
+export async function run(ctx: CommandContext): Promise<number> {
+  const started = Date.now();
+  const { config } = ctx.loaded;
+  const repo = await Repository.open(ctx.loaded, { requireInit: true });
+  const identity = repo.identity!;
+  const client = await connect(config);
+  let backupRunning = false;
+  let packs: PackWriter | undefined;
+  let manifest: ManifestWriter | undefined;
+  try {
+    const info = await clusterInfo(client);
+    if (info.systemIdentifier !== identity.postgres.systemIdentifier) {
+      throw new PgarkError('REPO_MISMATCH', `the database is system ${info.systemIdentifier}, the repository belongs to ${identity.postgres.systemIdentifier}`, { hint: 'point repo at this cluster\'s repository' });
+    }
+    const pgdata = config.pgdata ?? info.dataDirectory;
+    if (!pgdata) throw new PgarkError('CONFIG', 'cannot tell where the data directory is', { hint: 'set pgdata (or PGDATA), or connect as a user allowed to read data_directory' });
+    const blockSize = Number((await client.query<{ b: string }>("SELECT current_setting('block_size') AS b")).rows[0]!.b);
+
+    const label = `pgark ${new Date().toISOString()}`;
+    const start = await startBackup(client, info.majorVersion, label);
+    backupRunning = true;
+    const startLsn = parseLsn(start.startLsn);
+
+    const all = await listBackups(repo);
+    const previous = ctx.options.full ? [] : all.filter((b) => b.systemIdentifier === identity.postgres.systemIdentifier && b.timeline === start.timeline && parseLsn(b.startLsn) < startLsn);
+    const base: BackupSummary | undefined = previous.at(-1);
+    const type = base ? 'incremental' : 'full';
+    // Ids have one-second resolution; two backups in one second get consecutive seconds.
+    const taken = new Set(all.map((b) => b.id.slice(0, 15)));
+    let idTime = start.startedAt.getTime();
+    while (taken.has(backupId(type, new Date(idTime)).slice(0, 15))) idTime += 1000;
+    const id = backupId(type, new Date(idTime));
+    log.info(`backup ${id} started`, { type, base: base?.id, startLsn: start.startLsn, timeline: start.timeline, pgdata });
+
+    const format = await repo.writeFormat();
+    packs = new PackWriter(repo, format, { targetSize: 32 * 1024 * 1024, maxUploads: 2, signal: ctx.signal });
+    manifest = await ManifestWriter.open(repo, id, format, ctx.signal);
+    const cursor = base ? new BaseManifestCursor(readManifest(repo, base) as AsyncIterable<{ t: string; p?: string }>) : undefined;
+    const fileContext = { blockSize, format, packs, baseStartLsn: base ? parseLsn(base.startLsn) : undefined, signal: ctx.signal };
+
+    const progress = createProgress(`backup ${id}`);
+    const totals = { files: 0, size: 0, blocksStored: 0, blocksReferenced: 0 };
+    const tablespaces: { oid: string; location: string }[] = [];
+
+    // Files are backed up concurrently; manifest lines are written in walk order.
+    const window: Promise<ManifestEntry | undefined>[] = [];
+    const maxInFlight = Math.max(2, config['process-max'] * 2);
+    const drainOne = async () => {
+      const entry = await window.shift()!;
+      if (entry) await manifest!.write(entry);
+    };
+    for await (const item of walkDataDirectory(pgdata, { exclude: (path) => path === 'pgark_spool' })) {
+      ctx.signal.throwIfAborted();
+      let pending: Promise<ManifestEntry | undefined>;
+      if (item.type === 'dir') pending = Promise.resolve({ t: 'd', p: item.path, m: item.mode });
+      else if (item.type === 'link') {
+        if (item.path.startsWith('pg_tblspc/')) tablespaces.push({ oid: item.path.slice('pg_tblspc/'.length), location: item.target });
+        pending = Promise.resolve({ t: 'l', p: item.path, target: item.target });
+      } else {
+        const file = item as Extract<DataEntry, { type: 'file' }>;
+        const baseEntry = cursor ? await cursor.seek(file.path) : undefined;
+        pending = backupFile(file, baseEntry, fileContext).then((result: FileBackupResult) => {
+          totals.files++;
+          totals.size += result.bytesRead;
+          totals.blocksStored += result.blocksStored;
+          totals.blocksReferenced += result.blocksReferenced;
+          progress.add(result.bytesRead);
+          return result.entry;
+        }, (error: unknown) => {
+          // A file removed while we walk (a dropped table) is not needed: WAL replay drops it.
+          if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+          throw error;
+        });
+      }
+      pending.catch(() => {}); // awaited in order below
+      window.push(pending);
+      if (window.length >= maxInFlight) await drainOne();
+    }
+    while (window.length > 0) await drainOne();
+    progress.done();
+
+    const stop = await stopBackup(client, info.majorVersion);
+    backupRunning = false;
+    await manifest.write({ t: 'end', backupLabel: stop.backupLabel, tablespaceMap: stop.tablespaceMap });
+
+    const segmentSize = identity.postgres.walSegmentSize;
+    const stopLsn = parseLsn(stop.stopLsn);
+    const startWal = segmentName(start.timeline, segmentNumberOfLsn(startLsn, segmentSize), segmentSize);
+    const stopWal = segmentName(start.timeline, segmentNumberOfLsn(stopLsn - 1n, segmentSize), segmentSize);
+    await waitForWal(repo, startWal, stopWal, segmentSize, config['archive-timeout'], ctx.signal);
+
+    await packs.finish();
+    const manifestBytes = await manifest.finish();
+    const summary: BackupSummary = {
+      format: 1,
+      id,
+      type,
+      base: base?.id ?? null,
+      systemIdentifier: info.systemIdentifier,
+      pgMajor: info.majorVersion,
+      timeline: start.timeline,
+      startLsn: start.startLsn,
+      stopLsn: stop.stopLsn,
+      startWal,
+      stopWal,
+      startedAt: start.startedAt.toISOString(),
+      stoppedAt: stop.stoppedAt.toISOString(),
+      blockSize,
+      fromStandby: info.inRecovery,
+      manifestKey: manifest.key,
+      packs: packs.packs,
+      files: totals.files,
+      size: totals.size,
+      storedBytes: packs.storedBytes + manifestBytes,
+      blocksStored: totals.blocksStored,
+      blocksReferenced: totals.blocksReferenced,
+      durationMs: Date.now() - started,
+      tablespaces,
+      keep: Boolean(ctx.options.keep),
+    };
+    await writeBackupSummary(repo, summary);
+    const seconds = summary.durationMs / 1000;
+    log.info(`backup ${id} complete`, {
+      type,
+      duration: formatDuration(summary.durationMs),
+      size: formatBytes(summary.size),
+      stored: formatBytes(summary.storedBytes),
+      files: summary.files,
+      blocksStored: summary.blocksStored,
+      blocksReferenced: summary.blocksReferenced,
+      rate: `${formatBytes(summary.size / Math.max(seconds, 0.001))}/s`,
+    });
+    if (ctx.json) process.stdout.write(JSON.stringify(summary) + '\n');
+    return 0;
+  } catch (error) {
+    manifest?.abort(error as Error);
+    await packs?.settle();
+    if (backupRunning) await stopBackup(client, repo.identity!.postgres.majorVersion).catch(() => {});
+    throw error;
+  } finally {
+    await client.end().catch(() => {});
+    await repo.close();
+  }
+}
+
+/** Waits until every segment from startWal to stopWal is in the archive. */
+async function waitForWal(repo: Repository, startWal: string, stopWal: string, segmentSize: number, timeoutMs: number, signal: AbortSignal): Promise<void> {
+  const { parseWalFileName, segmentNumber } = await import('../postgres/wal.ts');
+  const first = parseWalFileName(startWal)!;
+  const last = parseWalFileName(stopWal)!;
+  const needed: string[] = [];
+  for (let n = segmentNumber(first, segmentSize); n <= segmentNumber(last, segmentSize); n++) needed.push(segmentName(first.timeline, n, segmentSize));
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const present = new Set<string>();
+    for (const directory of new Set(needed.map(walDirectoryOf))) for (const object of await listWalObjects(repo, directory)) present.add(object.name);
+    const missing = needed.filter((name) => !present.has(name));
+    if (missing.length === 0) return;
+    if (Date.now() > deadline) {
+      throw new PgarkError('STORAGE', `the WAL this backup needs is not archived: ${missing[0]}${missing.length > 1 ? ` and ${missing.length - 1} more` : ''} missing after ${Math.round(timeoutMs / 1000)}s`, {
+        hint: "check that archive_command = 'pgark wal-push %p' works (pgark check; pg_stat_archiver); the backup was not recorded",
+      });
+    }
+    signal.throwIfAborted();
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}

@@ -1,0 +1,249 @@
+/**
+ * pgark restore: a backup into a data directory, with the recovery configuration that replays
+ * the WAL archive to the latest state or to a target. The backup is chosen automatically for
+ * the target (the newest one that ended before it) unless --set names one.
+ *
+ * Safety: the target directory must be empty (or absent) unless --delta; every manifest path
+ * is checked to stay inside the target (no "..", no absolute paths, no writing through
+ * symlinks); tablespace links may only be pg_tblspc/<oid>, and their locations must be empty.
+ */
+import { existsSync } from 'node:fs';
+import { appendFile, chmod, lstat, mkdir, readdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { isAbsolute, join, resolve } from 'node:path';
+import type { CommandContext } from '../cli/context.ts';
+import { PgarkError } from '../errors.ts';
+import { formatLsn, parseLsn } from '../postgres/wal.ts';
+import { listBackups, readManifest, type BackupSummary, type ManifestEntry } from '../repo/backup-manifest.ts';
+import { Repository } from '../repo/repository.ts';
+import { restoreFile } from '../repo/restore-files.ts';
+import { log } from '../util/log.ts';
+import { createProgress } from '../util/progress.ts';
+import { formatBytes, formatDuration } from '../util/units.ts';
+
+type FileEntry = Extract<ManifestEntry, { t: 'f' }>;
+
+interface Target {
+  kind: 'latest' | 'time' | 'lsn' | 'xid' | 'name' | 'immediate';
+  value?: string;
+}
+
+function targetOf(options: CommandContext['options']): Target {
+  const given: Target[] = [];
+  if (options['target-time']) given.push({ kind: 'time', value: options['target-time'] as string });
+  if (options['target-lsn']) given.push({ kind: 'lsn', value: options['target-lsn'] as string });
+  if (options['target-xid']) given.push({ kind: 'xid', value: options['target-xid'] as string });
+  if (options['target-name']) given.push({ kind: 'name', value: options['target-name'] as string });
+  if (options['target-immediate']) given.push({ kind: 'immediate' });
+  if (given.length > 1) throw new PgarkError('USAGE', 'give at most one of --target-time, --target-lsn, --target-xid, --target-name, --target-immediate');
+  const target = given[0] ?? { kind: 'latest' };
+  if (target.kind === 'time' && Number.isNaN(Date.parse(target.value!))) {
+    throw new PgarkError('USAGE', `--target-time "${target.value}" is not a time`, { hint: "use an ISO time with a zone, e.g. '2026-11-21 10:00:00+00'" });
+  }
+  if (target.kind === 'lsn') parseLsn(target.value!);
+  if (target.kind === 'xid' && !/^\d+$/.test(target.value!)) throw new PgarkError('USAGE', `--target-xid "${target.value}" is not a transaction id`);
+  return target;
+}
+
+/** The backup to restore for a target: the newest that was complete before it. */
+export function chooseBackup(backups: readonly BackupSummary[], target: Target, set: string | undefined): BackupSummary {
+  if (backups.length === 0) throw new PgarkError('NOT_FOUND', 'the repository has no backup', { hint: 'take one with `pgark backup`', exitCode: 2 });
+  if (set) {
+    const chosen = backups.find((b) => b.id === set);
+    if (!chosen) throw new PgarkError('NOT_FOUND', `no backup ${set}`, { hint: '`pgark info` lists the backups', exitCode: 2 });
+    return chosen;
+  }
+  let candidates = [...backups];
+  if (target.kind === 'time') {
+    const t = Date.parse(target.value!);
+    candidates = candidates.filter((b) => Date.parse(b.stoppedAt) <= t);
+    if (candidates.length === 0) {
+      throw new PgarkError('NOT_FOUND', `no backup ended before ${target.value}; the earliest restorable time is ${backups[0]!.stoppedAt}`, { hint: '`pgark info` shows the recoverability window', exitCode: 2 });
+    }
+  } else if (target.kind === 'lsn') {
+    const lsn = parseLsn(target.value!);
+    candidates = candidates.filter((b) => parseLsn(b.stopLsn) <= lsn);
+    if (candidates.length === 0) {
+      throw new PgarkError('NOT_FOUND', `no backup ended before LSN ${target.value}; the earliest restorable LSN is ${backups[0]!.stopLsn}`, { exitCode: 2 });
+    }
+  }
+  return candidates.sort((a, b) => Date.parse(a.stoppedAt) - Date.parse(b.stoppedAt)).at(-1)!;
+}
+
+/** A manifest path, checked: relative, no ".." or "." segments, no NUL. */
+function safePath(path: string): string {
+  if (path === '' || isAbsolute(path) || path.includes('\0') || path.includes('\\') || path.split('/').some((p) => p === '' || p === '.' || p === '..')) {
+    throw new PgarkError('INTEGRITY', `the backup manifest contains an unsafe path "${path}"; refusing to restore`, {
+      hint: 'the repository has been tampered with or is damaged',
+    });
+  }
+  return path;
+}
+
+function sqlString(value: string): string {
+  return `'${value.replaceAll("'", "''")}'`;
+}
+
+function shellQuote(value: string): string {
+  return /^[\w@%+=:,./-]+$/.test(value) ? value : `'${value.replaceAll("'", "'\\''")}'`;
+}
+
+async function isEmptyOrAbsent(path: string): Promise<boolean> {
+  try {
+    return (await readdir(path)).length === 0;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    throw error;
+  }
+}
+
+export async function run(ctx: CommandContext): Promise<number> {
+  const started = Date.now();
+  const { options, loaded } = ctx;
+  const targetDir = resolve((options['target-dir'] as string | undefined) ?? loaded.config.pgdata ?? '');
+  if (!options['target-dir'] && !loaded.config.pgdata) {
+    throw new PgarkError('USAGE', 'where to restore to?', { hint: 'pass --target-dir DIR (an empty or new directory), or set pgdata' });
+  }
+  const target = targetOf(options);
+  const action = (options['target-action'] as string | undefined) ?? (target.kind === 'latest' ? undefined : 'pause');
+  if (action && !['pause', 'promote', 'shutdown'].includes(action)) throw new PgarkError('USAGE', `--target-action must be pause, promote or shutdown, not "${action}"`);
+  const delta = Boolean(options.delta);
+  const tablespaceMap = new Map<string, string>();
+  for (const item of (options['tablespace-map'] as string[] | undefined) ?? []) {
+    const [from, to] = item.split('=');
+    if (!from || !to || !isAbsolute(to)) throw new PgarkError('USAGE', `--tablespace-map "${item}" must be OID=/new/path or /old/path=/new/path`);
+    tablespaceMap.set(from, to);
+  }
+
+  if (delta) {
+    if (existsSync(join(targetDir, 'postmaster.pid'))) {
+      throw new PgarkError('USAGE', `${targetDir} has a postmaster.pid: stop PostgreSQL before a delta restore`, { hint: 'pg_ctl stop -D ' + targetDir });
+    }
+  } else if (!(await isEmptyOrAbsent(targetDir))) {
+    throw new PgarkError('EXISTS', `${targetDir} is not empty`, { hint: 'restore into an empty or new directory, or pass --delta to reuse an existing data directory (PostgreSQL stopped)' });
+  }
+
+  const repo = await Repository.open(loaded, { requireInit: true });
+  try {
+    const backups = await listBackups(repo);
+    const backup = chooseBackup(backups, target, options.set as string | undefined);
+    const identities = repo.identity!.encryption.recipients.length > 0 || backup.manifestKey.endsWith('.age') ? await repo.identities(`backup ${backup.id}`) : [];
+    log.info(`restoring backup ${backup.id}`, { type: backup.type, stoppedAt: backup.stoppedAt, stopLsn: backup.stopLsn, target: target.kind === 'latest' ? 'latest' : `${target.kind} ${target.value ?? ''}`.trim(), into: targetDir });
+
+    await mkdir(targetDir, { recursive: true, mode: 0o700 });
+    await chmod(targetDir, 0o700);
+    const progress = createProgress(`restore ${backup.id}`, backup.size);
+    const expected = new Set<string>();
+    const running = new Set<Promise<void>>();
+    let failure: { error: unknown } | undefined;
+    let end: { backupLabel: string; tablespaceMap: string } | undefined;
+    let written = 0;
+    let files = 0;
+
+    for await (const entry of readManifest(repo, backup)) {
+      if (failure) break;
+      if (entry.t === 'end') {
+        end = entry;
+        continue;
+      }
+      const path = safePath(entry.p);
+      expected.add(path);
+      const absolute = join(targetDir, path);
+      if (entry.t === 'd') {
+        await mkdir(absolute, { recursive: true, mode: entry.m & 0o777 });
+      } else if (entry.t === 'l') {
+        await restoreLink(path, entry.target, absolute, tablespaceMap, delta);
+      } else {
+        while (running.size >= loaded.config['process-max']) await Promise.race(running);
+        const job = restoreFile(repo, entry as FileEntry, absolute, { blockSize: backup.blockSize, identities, delta, onBytes: (n) => progress.add(n) })
+          .then(async (result) => {
+            written += result.written;
+            files++;
+            const mtime = new Date((entry as FileEntry).mt);
+            await utimes(absolute, mtime, mtime);
+          })
+          .catch((error: unknown) => { failure ??= { error }; })
+          .finally(() => running.delete(job));
+        running.add(job);
+      }
+    }
+    await Promise.all(running);
+    if (failure) throw failure.error;
+    if (!end) throw new PgarkError('INTEGRITY', `the manifest of backup ${backup.id} has no end record`);
+    progress.done();
+
+    if (delta) await removeUnexpected(targetDir, expected);
+    await writeFile(join(targetDir, 'backup_label'), end.backupLabel, { mode: 0o600 });
+    await writeRecoveryConfig(ctx, targetDir, target, action, backup);
+
+    const ms = Date.now() - started;
+    log.info(`restored backup ${backup.id}`, {
+      files,
+      size: formatBytes(backup.size),
+      written: formatBytes(written),
+      duration: formatDuration(ms),
+      rate: `${formatBytes((backup.size / Math.max(ms, 1)) * 1000)}/s`,
+      next: `start PostgreSQL on ${targetDir}; it replays WAL from the archive${target.kind === 'latest' ? '' : ` to the ${target.kind} target`}`,
+    });
+    if (ctx.json) process.stdout.write(JSON.stringify({ backup: backup.id, targetDir, files, size: backup.size, written, durationMs: ms }) + '\n');
+    return 0;
+  } finally {
+    await repo.close();
+  }
+}
+
+async function restoreLink(path: string, original: string, absolute: string, map: Map<string, string>, delta: boolean): Promise<void> {
+  const match = /^pg_tblspc\/(\d+)$/.exec(path);
+  if (!match) {
+    throw new PgarkError('INTEGRITY', `the backup manifest has a link at "${path}"; only tablespace links (pg_tblspc/<oid>) are restored`, { hint: 'the repository has been tampered with or is damaged' });
+  }
+  const location = map.get(match[1]!) ?? map.get(original) ?? original;
+  if (!isAbsolute(location)) throw new PgarkError('INTEGRITY', `tablespace ${match[1]} has a relative location "${location}"`);
+  if (!delta && !(await isEmptyOrAbsent(location))) {
+    throw new PgarkError('EXISTS', `tablespace ${match[1]} location ${location} is not empty`, { hint: `map it elsewhere: --tablespace-map ${match[1]}=/new/empty/dir` });
+  }
+  await mkdir(location, { recursive: true, mode: 0o700 });
+  const existing = await lstat(absolute).catch(() => undefined);
+  if (existing) await rm(absolute, { recursive: !existing.isSymbolicLink(), force: true });
+  await symlink(location, absolute);
+  log.info(`tablespace ${match[1]} restored to ${location}`);
+}
+
+/** Delta restore: files the backup does not have are removed (they would confuse recovery). */
+async function removeUnexpected(root: string, expected: Set<string>, relative = ''): Promise<void> {
+  for (const name of await readdir(join(root, relative))) {
+    const path = relative ? `${relative}/${name}` : name;
+    if (expected.has(path)) {
+      const info = await lstat(join(root, path));
+      if (info.isDirectory()) await removeUnexpected(root, expected, path);
+      continue;
+    }
+    await rm(join(root, path), { recursive: true, force: true });
+  }
+}
+
+async function writeRecoveryConfig(ctx: CommandContext, targetDir: string, target: Target, action: string | undefined, backup: BackupSummary): Promise<void> {
+  const options = ctx.options;
+  const restoreCommand = (options['restore-command'] as string | undefined)
+    ?? [process.execPath, process.argv[1]!, 'wal-fetch', '%f', '%p', ...ctx.forwardArgs].map((part) => (part === '%f' || part === '%p' ? part : shellQuote(part))).join(' ');
+  const settings: [string, string][] = [['restore_command', restoreCommand]];
+  switch (target.kind) {
+    case 'time': settings.push(['recovery_target_time', target.value!]); break;
+    case 'lsn': settings.push(['recovery_target_lsn', formatLsn(parseLsn(target.value!))]); break;
+    case 'xid': settings.push(['recovery_target_xid', target.value!]); break;
+    case 'name': settings.push(['recovery_target_name', target.value!]); break;
+    case 'immediate': settings.push(['recovery_target', 'immediate']); break;
+    case 'latest': break;
+  }
+  if (action) settings.push(['recovery_target_action', action]);
+  if (options['target-timeline']) settings.push(['recovery_target_timeline', options['target-timeline'] as string]);
+  if (options.standby && options['primary-conninfo']) settings.push(['primary_conninfo', options['primary-conninfo'] as string]);
+  // The server's own archive_command would push the restored cluster's WAL into this same
+  // repository as if it were the original's; keep archiving as configured but say so.
+  const autoConf = join(targetDir, 'postgresql.auto.conf');
+  const lines = [`# added by pgark restore of backup ${backup.id} at ${new Date().toISOString()}`, ...settings.map(([k, v]) => `${k} = ${sqlString(v)}`)];
+  await appendFile(autoConf, '\n' + lines.join('\n') + '\n', { mode: 0o600 });
+  const signal = options.standby ? 'standby.signal' : 'recovery.signal';
+  await writeFile(join(targetDir, signal), '', { mode: 0o600 });
+  const existing = await readFile(autoConf, 'utf8');
+  if (!existing.includes('restore_command')) throw new PgarkError('INTERNAL', 'could not write the recovery configuration');
+}

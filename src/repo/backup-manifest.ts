@@ -1,0 +1,170 @@
+/**
+ * Backup manifests and summaries (docs/FORMAT.md, "Base backups").
+ *
+ * The manifest is JSON lines, streamed in both directions so memory does not grow with the
+ * number of files: one line per directory, link and file in walk order (pgdata.ts), then an
+ * end line with backup_label and tablespace_map. A file's content is a list of extents, each
+ * mapping a run of its 8 KiB blocks onto a run of blocks inside one stored blob:
+ *
+ *   [firstBlock, blockCount, packId, blobOffset, blobLength, firstBlockInBlob]
+ *
+ * Blobs are independently encoded (compressed, encrypted) pieces of up to 128 blocks, stored
+ * back to back in pack objects; an incremental backup's unchanged blocks are extents pointing
+ * into older packs.
+ */
+import { createInterface } from 'node:readline';
+import { PassThrough, Readable } from 'node:stream';
+import { z } from 'zod';
+import { PgarkError } from '../errors.ts';
+import { decodeStages, encodeStages, isEncryptedKey, suffixOf, type WriteFormat } from '../pipeline/object-format.ts';
+import { runPipeline } from '../pipeline/run.ts';
+import { BACKUPS_PREFIX, backupIdOfSummaryKey, backupManifestKey, backupSummaryKey } from './layout.ts';
+import type { Repository } from './repository.ts';
+
+export type Extent = [firstBlock: number, blockCount: number, packId: string, blobOffset: number, blobLength: number, firstBlockInBlob: number];
+
+export type ManifestEntry =
+  | { t: 'd'; p: string; m: number }
+  | { t: 'l'; p: string; target: string }
+  | { t: 'f'; p: string; m: number; s: number; mt: number; h?: string; x: Extent[] };
+
+export interface ManifestEnd {
+  t: 'end';
+  backupLabel: string;
+  tablespaceMap: string;
+}
+
+const BackupSummarySchema = z.object({
+  format: z.literal(1),
+  id: z.string(),
+  type: z.enum(['full', 'incremental']),
+  base: z.string().nullable(),
+  systemIdentifier: z.string(),
+  pgMajor: z.number().int(),
+  timeline: z.number().int(),
+  startLsn: z.string(),
+  stopLsn: z.string(),
+  startWal: z.string(),
+  stopWal: z.string(),
+  startedAt: z.string(),
+  stoppedAt: z.string(),
+  blockSize: z.number().int(),
+  fromStandby: z.boolean(),
+  manifestKey: z.string(),
+  /** Packs this backup wrote (later ones may reference them too). */
+  packs: z.array(z.string()),
+  files: z.number().int(),
+  /** Bytes of the data directory backed up (logical size). */
+  size: z.number(),
+  /** Bytes this backup added to the repository (new blobs plus manifest). */
+  storedBytes: z.number(),
+  /** Blocks stored anew / referenced from earlier backups (relation files and others). */
+  blocksStored: z.number(),
+  blocksReferenced: z.number(),
+  durationMs: z.number(),
+  tablespaces: z.array(z.object({ oid: z.string(), location: z.string() })),
+  keep: z.boolean().default(false),
+});
+export type BackupSummary = z.infer<typeof BackupSummarySchema>;
+
+export async function readBackupSummary(repo: Repository, id: string): Promise<BackupSummary> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of await repo.storage.get(backupSummaryKey(id))) chunks.push(chunk as Buffer);
+  let parsed;
+  try {
+    parsed = BackupSummarySchema.safeParse(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+  } catch {
+    parsed = undefined;
+  }
+  if (!parsed?.success || parsed.data.id !== id || !parsed.data.manifestKey.startsWith(`${BACKUPS_PREFIX}${id}/`)) {
+    throw new PgarkError('INTEGRITY', `the summary of backup ${id} is malformed`);
+  }
+  return parsed.data;
+}
+
+/** Every complete backup (one with a summary), oldest first. */
+export async function listBackups(repo: Repository): Promise<BackupSummary[]> {
+  const ids: string[] = [];
+  for await (const object of repo.storage.list(BACKUPS_PREFIX)) {
+    const id = backupIdOfSummaryKey(object.key);
+    if (id) ids.push(id);
+  }
+  ids.sort();
+  const summaries: BackupSummary[] = [];
+  for (const id of ids) summaries.push(await readBackupSummary(repo, id));
+  return summaries;
+}
+
+export async function writeBackupSummary(repo: Repository, summary: BackupSummary): Promise<void> {
+  await repo.storage.put(backupSummaryKey(summary.id), Buffer.from(JSON.stringify(summary, null, 2) + '\n'), { kind: 'meta' });
+}
+
+/** Streams manifest lines into the repository while the backup runs. */
+export class ManifestWriter {
+  readonly key: string;
+  private readonly input = new PassThrough();
+  private readonly done: Promise<void>;
+  private storedBytes = 0;
+
+  private constructor(key: string, done: (input: PassThrough, count: (n: number) => void) => Promise<void>) {
+    this.key = key;
+    this.done = done(this.input, (n) => (this.storedBytes += n));
+    this.done.catch(() => {}); // surfaced by finish()
+  }
+
+  static async open(repo: Repository, id: string, format: WriteFormat, signal?: AbortSignal): Promise<ManifestWriter> {
+    const key = backupManifestKey(id, suffixOf(format));
+    const stages = await encodeStages(format);
+    return new ManifestWriter(key, async (input, count) => {
+      await runPipeline([input, ...stages, async (output: AsyncIterable<Buffer>) => {
+        await repo.storage.put(key, Readable.from((async function* () {
+          for await (const chunk of output) {
+            count(chunk.length);
+            yield chunk;
+          }
+        })()), { kind: 'meta', signal });
+      }], signal);
+    });
+  }
+
+  /** Writes one line, waiting when the upload falls behind (backpressure). */
+  async write(line: ManifestEntry | ManifestEnd): Promise<void> {
+    if (!this.input.write(JSON.stringify(line) + '\n')) {
+      await new Promise<void>((resolve) => this.input.once('drain', resolve));
+    }
+  }
+
+  async finish(): Promise<number> {
+    this.input.end();
+    await this.done;
+    return this.storedBytes;
+  }
+
+  abort(error: Error): void {
+    this.input.destroy(error);
+  }
+}
+
+/** Reads a manifest line by line (entries, then the end line). */
+export async function* readManifest(repo: Repository, summary: BackupSummary): AsyncGenerator<ManifestEntry | ManifestEnd> {
+  const key = summary.manifestKey;
+  const identities = isEncryptedKey(key) ? await repo.identities(`backup ${summary.id}`) : [];
+  const stages = await decodeStages(key, identities);
+  const decoded = new PassThrough();
+  const body = await repo.storage.get(key);
+  const piping = runPipeline([body, ...stages, decoded]).catch((error: unknown) => decoded.destroy(error as Error));
+  let sawEnd = false;
+  for await (const line of createInterface({ input: decoded, crlfDelay: Infinity })) {
+    if (line === '') continue;
+    let entry: ManifestEntry | ManifestEnd;
+    try {
+      entry = JSON.parse(line) as ManifestEntry | ManifestEnd;
+    } catch {
+      throw new PgarkError('INTEGRITY', `the manifest of backup ${summary.id} has a malformed line`);
+    }
+    if (entry.t === 'end') sawEnd = true;
+    yield entry;
+  }
+  await piping;
+  if (!sawEnd) throw new PgarkError('INTEGRITY', `the manifest of backup ${summary.id} is truncated`);
+}

@@ -1,0 +1,94 @@
+/**
+ * Packs: many small encoded blobs appended into objects of tens of MiB, so a backup of many
+ * small changes costs few requests, and a restore fetches a blob with one ranged GET. Packs
+ * are uploaded in the background while the backup goes on; `finish` resolves once every pack
+ * is stored — only then may a manifest reference them.
+ */
+import { randomBytes } from 'node:crypto';
+import { PgarkError } from '../errors.ts';
+import { decodeBuffer, suffixOf, type WriteFormat } from '../pipeline/object-format.ts';
+import { isValidPackId, packKey } from './layout.ts';
+import type { Repository } from './repository.ts';
+
+export interface BlobLocation {
+  packId: string;
+  offset: number;
+  length: number;
+}
+
+export class PackWriter {
+  private readonly repo: Repository;
+  private readonly suffix: string;
+  private readonly targetSize: number;
+  private readonly maxUploads: number;
+  private readonly signal: AbortSignal | undefined;
+  private current: { id: string; chunks: Buffer[]; size: number } | undefined;
+  private readonly uploads = new Set<Promise<void>>();
+  private failure: { error: unknown } | undefined;
+  readonly packs: string[] = [];
+  storedBytes = 0;
+
+  constructor(repo: Repository, format: WriteFormat, options: { targetSize: number; maxUploads: number; signal?: AbortSignal }) {
+    this.repo = repo;
+    this.suffix = suffixOf(format);
+    this.targetSize = options.targetSize;
+    this.maxUploads = options.maxUploads;
+    this.signal = options.signal;
+  }
+
+  /** Appends an encoded blob; waits when too many packs are uploading (bounded memory). */
+  async add(blob: Buffer): Promise<BlobLocation> {
+    this.throwIfFailed();
+    if (!this.current) this.current = { id: randomBytes(12).toString('hex') + this.suffix, chunks: [], size: 0 };
+    const location = { packId: this.current.id, offset: this.current.size, length: blob.length };
+    this.current.chunks.push(blob);
+    this.current.size += blob.length;
+    if (this.current.size >= this.targetSize) await this.seal();
+    return location;
+  }
+
+  private async seal(): Promise<void> {
+    const pack = this.current;
+    this.current = undefined;
+    if (!pack || pack.size === 0) return;
+    while (this.uploads.size >= this.maxUploads) await Promise.race(this.uploads);
+    this.throwIfFailed();
+    this.packs.push(pack.id);
+    const upload = this.repo.storage
+      .put(packKey(pack.id), Buffer.concat(pack.chunks, pack.size), { kind: 'data', signal: this.signal })
+      .then(() => { this.storedBytes += pack.size; })
+      .catch((error: unknown) => { this.failure ??= { error }; })
+      .finally(() => this.uploads.delete(upload));
+    this.uploads.add(upload);
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure) throw this.failure.error;
+  }
+
+  /** Uploads the last pack and waits for every upload. */
+  async finish(): Promise<void> {
+    await this.seal();
+    await Promise.all(this.uploads);
+    this.throwIfFailed();
+  }
+
+  /** Waits for running uploads to settle (after a failure elsewhere), ignoring their errors. */
+  async settle(): Promise<void> {
+    await Promise.allSettled([...this.uploads]);
+  }
+}
+
+/** Fetches and decodes one blob (a ranged GET of its pack). */
+export async function readBlob(repo: Repository, location: BlobLocation, identities: readonly string[]): Promise<Buffer> {
+  if (!isValidPackId(location.packId)) throw new PgarkError('INTEGRITY', `invalid pack id "${location.packId}" in a manifest`);
+  const key = packKey(location.packId);
+  const stored = await repo.storage.get(key, { start: location.offset, end: location.offset + location.length - 1 });
+  try {
+    const content = await decodeBuffer(stored, key, identities);
+    return content;
+  } catch (error) {
+    if (error instanceof PgarkError) throw error;
+    throw new PgarkError('INTEGRITY', `a blob in pack ${location.packId} (offset ${location.offset}) is damaged: ${(error as Error).message}`, { cause: error });
+  }
+}
