@@ -3,14 +3,17 @@
 // (code splitting) means `pgark --version` parses almost nothing, and a command loads only
 // the storage driver it uses (the AWS and Azure SDKs are large).
 import { build } from 'esbuild';
-import { chmodSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, readFileSync, renameSync, rmSync } from 'node:fs';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
-rmSync(new URL('../dist', import.meta.url), { recursive: true, force: true });
+// Build into a fresh directory and swap it in, so a running pgark (or test) never sees a
+// half-written or missing dist/.
+const outdir = `dist.tmp-${process.pid}`;
+rmSync(outdir, { recursive: true, force: true });
 
 await build({
   entryPoints: { pgark: 'src/cli/main.ts' },
-  outdir: 'dist',
+  outdir,
   outExtension: { '.js': '.mjs' },
   chunkNames: 'chunks/[name]-[hash]',
   bundle: true,
@@ -34,4 +37,12 @@ await build({
   // loaded from node_modules at run time (only when the lz4 codec is used).
   external: ['pg-native', 'lz4-napi'],
 });
-chmodSync('dist/pgark.mjs', 0o755);
+chmodSync(`${outdir}/pgark.mjs`, 0o755);
+rmSync(`dist.old-${process.pid}`, { recursive: true, force: true });
+try {
+  renameSync('dist', `dist.old-${process.pid}`);
+} catch {
+  // first build
+}
+renameSync(outdir, 'dist');
+rmSync(`dist.old-${process.pid}`, { recursive: true, force: true });
