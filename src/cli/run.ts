@@ -116,7 +116,15 @@ export async function runCli(argv: string[]): Promise<number> {
     }
 
     const command = await spec.load();
-    const code = await command.run({ args: positionals, options: commandOptions, loaded, json: Boolean(values.json), signal: controller.signal, forwardArgs: forwardArgs.filter(Boolean) });
+    let code: number | void;
+    try {
+      code = await command.run({ args: positionals, options: commandOptions, loaded, json: Boolean(values.json), signal: controller.signal, forwardArgs: forwardArgs.filter(Boolean) });
+    } catch (error) {
+      // Whatever broke because of the signal (an aborted request, a destroyed pipeline), the
+      // user interrupted us: say that, with exit status 130.
+      if (controller.signal.aborted) throw controller.signal.reason;
+      throw error;
+    }
     return code ?? 0;
   } catch (error) {
     return reportError(error, debug, spec?.name);
