@@ -6,6 +6,12 @@ import { readFile, stat } from 'node:fs/promises';
 import { PgarkError } from '../errors.ts';
 
 export async function loadIdentityFile(path: string): Promise<string[]> {
+  // The key itself pasted where its file's path belongs: never echo it (logs keep it forever).
+  if (/AGE-SECRET-KEY-/i.test(path)) {
+    throw new PgarkError('CRYPTO', 'the identity setting holds a secret key itself, not the path of an identity file', {
+      hint: 'write the key to a file readable by its owner only (as `pgark keygen --output FILE` does) and set identity to that path',
+    });
+  }
   let info;
   try {
     info = await stat(path);
