@@ -22,6 +22,7 @@ set -euo pipefail
 # Debian packages the tests need. Add yours here: whatever is missing is installed in one call.
 APT_PACKAGES=(
   curl age lz4 zstd
+  acl   # setfacl: lets the clusters' OS user traverse a checkout under /root (see below)
   # Ceph RGW: scripts/objstores/start-ceph-rgw.sh
   ceph-mon ceph-osd radosgw ceph-common python3
   # OpenStack Swift with s3api: scripts/objstores/start-swift-s3api.sh
@@ -60,6 +61,30 @@ if [ ! -f node_modules/.package-lock.json ] || [ ! -x node_modules/.bin/node ]; 
   npm ci --no-audit --no-fund >&2
 fi
 log "node $(node --version)"
+
+# ---- as root, PostgreSQL runs as the OS user pgark-test (test/support/postgres.ts), and so do
+# archive_command and restore_command, i.e. pgark itself: that user must reach this checkout.
+# A clone under /root (mode 0700) is not reachable: grant that one user traverse-only access (an
+# ACL entry u:pgark-test:--x) on the directories in the way. Undo: setfacl -x u:pgark-test DIR
+TEST_USER=pgark-test
+if [ "$(id -u)" = 0 ]; then
+  id -u "$TEST_USER" >/dev/null 2>&1 \
+    || useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+         --comment 'pgark tests, PostgreSQL clusters' "$TEST_USER" 2>/dev/null || id -u "$TEST_USER" >/dev/null
+  as_test_user() { setpriv --reuid="$TEST_USER" --regid="$TEST_USER" --clear-groups "$@"; }
+  reachable() { as_test_user test -x "$ROOT/node_modules/.bin/node" && as_test_user test -r "$ROOT/package.json"; }
+  if ! reachable; then
+    d=""
+    IFS=/ read -ra parts <<< "${ROOT#/}"
+    for part in "${parts[@]}"; do
+      d="$d/$part"
+      if ! as_test_user test -x "$d"; then
+        setfacl -m "u:$TEST_USER:x" "$d" && log "granted $TEST_USER traverse access to $d (ACL; undo: setfacl -x u:$TEST_USER $d)"
+      fi
+    done
+    reachable || { log "ERROR: $TEST_USER cannot read $ROOT (PostgreSQL and pgark run as that user in the tests): make the checkout world-readable (chmod -R o+rX) or clone it elsewhere"; exit 2; }
+  fi
+fi
 
 # ---- 2. object stores in the background, build and typecheck meanwhile ----
 TMP=$(mktemp -d)

@@ -92,12 +92,17 @@ test('rgw: extra storage classes are configured; small GETs do not stall (tcp_no
   await b.client.send(new PutObjectCommand({ Bucket: b.name, Key: 'ia', Body: 'x', StorageClass: 'STANDARD_IA' }));
   assert.equal((await b.client.send(new HeadObjectCommand({ Bucket: b.name, Key: 'ia' }))).StorageClass, 'STANDARD_IA');
   await b.client.send(new GetObjectCommand({ Bucket: b.name, Key: 'ia' })).then((r) => r.Body!.transformToString());
-  const n = 30;
-  const t0 = performance.now();
-  for (let i = 0; i < n; i++) await b.client.send(new GetObjectCommand({ Bucket: b.name, Key: 'ia' })).then((r) => r.Body!.transformToString());
-  const perGet = (performance.now() - t0) / n;
-  // with Nagle on, beast's separate header/body writes wait for the delayed ACK: ~44 ms per GET
-  assert.ok(perGet < 20, `small GET took ${perGet.toFixed(1)} ms on average: is tcp_nodelay=1 in rgw_frontends?`);
+  const times: number[] = [];
+  for (let i = 0; i < 30; i++) {
+    const t0 = performance.now();
+    await b.client.send(new GetObjectCommand({ Bucket: b.name, Key: 'ia' })).then((r) => r.Body!.transformToString());
+    times.push(performance.now() - t0);
+  }
+  times.sort((x, y) => x - y);
+  // with Nagle on, beast's separate header and body writes wait for the client's delayed ACK, so
+  // every GET on a kept-alive connection takes >= 40 ms (~44 ms measured); with tcp_nodelay=1
+  // ~2 ms. The fastest of 30 is the figure that stays meaningful on a busy machine.
+  assert.ok(times[0]! < 30, `fastest of 30 small GETs took ${times[0]!.toFixed(1)} ms (median ${times[15]!.toFixed(1)} ms): is tcp_nodelay=1 in rgw_frontends?`);
 });
 
 test('swift: a bucket of its own, separate from RGW', { skip }, async () => {
