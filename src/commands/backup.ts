@@ -23,6 +23,7 @@ import { walDirectoryOf } from '../repo/layout.ts';
 import { PackWriter } from '../repo/packs.ts';
 import { Repository } from '../repo/repository.ts';
 import { listWalObjects } from '../repo/wal-archive.ts';
+import { Semaphore } from '../util/concurrency.ts';
 import { log } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
 import { formatBytes, formatDuration } from '../util/units.ts';
@@ -97,10 +98,10 @@ export async function run(ctx: CommandContext): Promise<number> {
     log.info(`backup ${id} started`, { type, base: base?.id, startLsn: start.startLsn, timeline: start.timeline, pgdata });
 
     const format = await repo.writeFormat();
-    packs = new PackWriter(repo, format, { targetSize: 32 * 1024 * 1024, maxUploads: 2, signal: ctx.signal });
+    packs = new PackWriter(repo, format, { targetSize: 16 * 1024 * 1024, maxUploads: 2, signal: ctx.signal });
     manifest = await ManifestWriter.open(repo, id, format, ctx.signal);
     const cursor = base ? new BaseManifestCursor(readManifest(repo, base) as AsyncIterable<{ t: string; p?: string }>) : undefined;
-    const fileContext = { blockSize, format, packs, baseStartLsn: base ? parseLsn(base.startLsn) : undefined, signal: ctx.signal };
+    const fileContext = { blockSize, encoders: new Semaphore(config['process-max']), format, packs, baseStartLsn: base ? parseLsn(base.startLsn) : undefined, signal: ctx.signal };
 
     const progress = createProgress(`backup ${id}`);
     const totals = { files: 0, size: 0, blocksStored: 0, blocksReferenced: 0 };

@@ -16,6 +16,7 @@ import { formatLsn, parseLsn } from '../postgres/wal.ts';
 import { listBackups, readManifest, type BackupSummary, type ManifestEntry } from '../repo/backup-manifest.ts';
 import { Repository } from '../repo/repository.ts';
 import { restoreFile } from '../repo/restore-files.ts';
+import { Semaphore } from '../util/concurrency.ts';
 import { log } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
 import { formatBytes, formatDuration } from '../util/units.ts';
@@ -138,6 +139,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     let end: { backupLabel: string; tablespaceMap: string } | undefined;
     let written = 0;
     let files = 0;
+    const fetchers = new Semaphore(loaded.config['process-max'] * 2);
 
     for await (const entry of readManifest(repo, backup)) {
       if (failure) break;
@@ -154,7 +156,7 @@ export async function run(ctx: CommandContext): Promise<number> {
         await restoreLink(path, entry.target, absolute, tablespaceMap, delta);
       } else {
         while (running.size >= loaded.config['process-max']) await Promise.race(running);
-        const job = restoreFile(repo, entry as FileEntry, absolute, { blockSize: backup.blockSize, identities, delta, onBytes: (n) => progress.add(n) })
+        const job = restoreFile(repo, entry as FileEntry, absolute, { blockSize: backup.blockSize, fetchers, identities, delta, onBytes: (n) => progress.add(n) })
           .then(async (result) => {
             written += result.written;
             files++;

@@ -10,7 +10,7 @@ export type Codec = 'zstd' | 'lz4' | 'gzip' | 'none';
 
 export const CODEC_EXTENSION: Record<Codec, string> = { zstd: '.zst', lz4: '.lz4', gzip: '.gz', none: '' };
 
-const DEFAULT_LEVEL: Record<Codec, number | undefined> = { zstd: 3, gzip: 6, lz4: undefined, none: undefined };
+export const DEFAULT_LEVEL: Record<Codec, number | undefined> = { zstd: 3, gzip: 6, lz4: undefined, none: undefined };
 
 /** Chunk size handed to the compressors: large enough to amortise per-call overhead. */
 const ZLIB_CHUNK = 256 * 1024;

@@ -14,12 +14,15 @@ import { encodeBuffer, type WriteFormat } from '../pipeline/object-format.ts';
 import { pageLsn } from '../postgres/page.ts';
 import type { Extent, ManifestEntry } from './backup-manifest.ts';
 import type { PackWriter } from './packs.ts';
+import type { Semaphore } from '../util/concurrency.ts';
 
 /** Blocks per blob: 1 MiB of 8 KiB pages. */
 export const BLOCKS_PER_BLOB = 128;
 
 export interface FileBackupContext {
   blockSize: number;
+  /** Bounds the blobs being encoded at once, across all files (CPU and memory). */
+  encoders: Semaphore;
   format: WriteFormat;
   packs: PackWriter;
   /** Start LSN of the base backup (incrementals only). */
@@ -57,6 +60,7 @@ class BlobBuilder {
   private blocks: Buffer[] = [];
   private numbers: number[] = [];
   readonly extents: Extent[] = [];
+  private readonly jobs: Promise<void>[] = [];
   stored = 0;
   private readonly ctx: FileBackupContext;
 
@@ -70,23 +74,41 @@ class BlobBuilder {
     if (this.blocks.length >= BLOCKS_PER_BLOB) await this.flush();
   }
 
+  /**
+   * Hands the collected blocks to an encoder and returns once one is free, not when it is
+   * done: a large file keeps several cores busy. `finish` waits for all of them.
+   */
   async flush(): Promise<void> {
     if (this.blocks.length === 0) return;
     const content = Buffer.concat(this.blocks);
     const numbers = this.numbers;
     this.blocks = [];
     this.numbers = [];
-    const encoded = await encodeBuffer(content, this.ctx.format);
-    const { packId, offset, length } = await this.ctx.packs.add(encoded);
-    // One extent per run of consecutive block numbers inside the blob.
-    let runStart = 0;
-    for (let i = 1; i <= numbers.length; i++) {
-      if (i === numbers.length || numbers[i] !== numbers[i - 1]! + 1) {
-        this.extents.push([numbers[runStart]!, i - runStart, packId, offset, length, runStart]);
-        runStart = i;
+    const release = await this.ctx.encoders.acquire();
+    const job = (async () => {
+      try {
+        const encoded = await encodeBuffer(content, this.ctx.format);
+        const { packId, offset, length } = await this.ctx.packs.add(encoded);
+        // One extent per run of consecutive block numbers inside the blob.
+        let runStart = 0;
+        for (let i = 1; i <= numbers.length; i++) {
+          if (i === numbers.length || numbers[i] !== numbers[i - 1]! + 1) {
+            this.extents.push([numbers[runStart]!, i - runStart, packId, offset, length, runStart]);
+            runStart = i;
+          }
+        }
+        this.stored += numbers.length;
+      } finally {
+        release();
       }
-    }
-    this.stored += numbers.length;
+    })();
+    job.catch(() => {}); // surfaced by finish()
+    this.jobs.push(job);
+  }
+
+  async finish(): Promise<void> {
+    await this.flush();
+    await Promise.all(this.jobs);
   }
 }
 
@@ -166,12 +188,11 @@ export async function backupFile(
       if (runStart < 0) runStart = number;
     } else {
       closeRun(number);
-      // Copy: the read buffer is reused by nothing, but blobs outlive this loop iteration.
       await builder.add(number, block);
     }
   }
   closeRun(Math.ceil(size / ctx.blockSize));
-  await builder.flush();
+  await builder.finish();
 
   const extents = referenced.concat(builder.extents).sort((a, b) => a[0] - b[0]);
   // Referenced slices of blocks the file no longer has (it shrank) must not survive.

@@ -5,6 +5,7 @@
  * is stored — only then may a manifest reference them.
  */
 import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
 import { PgarkError } from '../errors.ts';
 import { decodeBuffer, suffixOf, type WriteFormat } from '../pipeline/object-format.ts';
 import { isValidPackId, packKey } from './layout.ts';
@@ -55,7 +56,8 @@ export class PackWriter {
     this.throwIfFailed();
     this.packs.push(pack.id);
     const upload = this.repo.storage
-      .put(packKey(pack.id), Buffer.concat(pack.chunks, pack.size), { kind: 'data', signal: this.signal })
+      // As a stream of the blobs: no second copy of the whole pack in memory.
+      .put(packKey(pack.id), Readable.from(pack.chunks), { kind: 'data', signal: this.signal })
       .then(() => { this.storedBytes += pack.size; })
       .catch((error: unknown) => { this.failure ??= { error }; })
       .finally(() => this.uploads.delete(upload));

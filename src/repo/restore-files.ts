@@ -8,11 +8,14 @@ import { open } from 'node:fs/promises';
 import type { Extent, ManifestEntry } from './backup-manifest.ts';
 import { readBlob } from './packs.ts';
 import type { Repository } from './repository.ts';
+import type { Semaphore } from '../util/concurrency.ts';
 
 type FileEntry = Extract<ManifestEntry, { t: 'f' }>;
 
 export interface RestoreFileOptions {
   blockSize: number;
+  /** Bounds blob downloads in flight across all files. */
+  fetchers: Semaphore;
   identities: readonly string[];
   delta: boolean;
   onBytes?: (bytes: number) => void;
@@ -24,23 +27,37 @@ export async function restoreFile(repo: Repository, entry: FileEntry, absolute: 
   const handle = await open(absolute, options.delta ? constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW : flags, entry.m & 0o777);
   let written = 0;
   try {
-    // Extents sharing a blob are consecutive in practice; keep the last blob decoded.
-    let cached: { key: string; content: Buffer } | undefined;
-    for (const [first, count, packId, offset, length, skip] of entry.x as Extent[]) {
-      const key = `${packId}@${offset}`;
-      if (cached?.key !== key) cached = { key, content: await readBlob(repo, { packId, offset, length }, options.identities) };
-      const start = skip * options.blockSize;
-      const end = Math.min(start + count * options.blockSize, cached.content.length);
-      const data = cached.content.subarray(start, end);
-      const position = first * options.blockSize;
-      if (options.delta) {
-        written += await writeChangedBlocks(handle, data, position, options.blockSize);
-      } else {
-        await handle.write(data, 0, data.length, position);
-        written += data.length;
-      }
-      options.onBytes?.(data.length);
+    // Blobs are fetched and written in parallel (bounded by the shared `fetchers`), each once
+    // for all the extents that point into it.
+    const byBlob = new Map<string, Extent[]>();
+    for (const extent of entry.x as Extent[]) {
+      const key = `${extent[2]}@${extent[3]}`;
+      const group = byBlob.get(key);
+      if (group) group.push(extent);
+      else byBlob.set(key, [extent]);
     }
+    await Promise.all([...byBlob.values()].map(async (extents) => {
+      const [, , packId, offset, length] = extents[0]!;
+      const release = await options.fetchers.acquire();
+      try {
+        const content = await readBlob(repo, { packId, offset, length }, options.identities);
+        for (const [first, count, , , , skip] of extents) {
+          const start = skip * options.blockSize;
+          const end = Math.min(start + count * options.blockSize, content.length);
+          const data = content.subarray(start, end);
+          const position = first * options.blockSize;
+          if (options.delta) {
+            written += await writeChangedBlocks(handle, data, position, options.blockSize);
+          } else {
+            await handle.write(data, 0, data.length, position);
+            written += data.length;
+          }
+          options.onBytes?.(data.length);
+        }
+      } finally {
+        release();
+      }
+    }));
     await handle.truncate(entry.s);
     await handle.sync();
   } finally {
