@@ -187,7 +187,18 @@ test('freePort gives distinct, bindable ports', async () => {
 test('runAsTestUser and the access check', { skip: !isRoot && 'only meaningful as root' }, async () => {
   const r = await runAsTestUser('id', ['-un'], { check: true });
   assert.equal(r.stdout.trim(), 'pgark-test');
-  assert.match(testUserAccessProblem('/root/x') ?? '', /\/root \(mode 0700.*cannot be traversed by pgark-test/);
+  const priv = fs.mkdtempSync(path.join(os.tmpdir(), 'pgark-private-'));
+  try {
+    fs.mkdirSync(path.join(priv, 'sub'));
+    fs.writeFileSync(path.join(priv, 'sub', 'f'), 'x');
+    assert.match(testUserAccessProblem(path.join(priv, 'sub', 'f')) ?? '', new RegExp(`^${priv} \\(mode 0700.*cannot be traversed by pgark-test`));
+    fs.chmodSync(priv, 0o711);
+    assert.equal(testUserAccessProblem(path.join(priv, 'sub', 'f')), null);
+    fs.chmodSync(path.join(priv, 'sub', 'f'), 0o600);
+    assert.match(testUserAccessProblem(path.join(priv, 'sub', 'f')) ?? '', /sub\/f \(mode 0600.*is not readable by pgark-test/);
+  } finally {
+    fs.rmSync(priv, { recursive: true, force: true });
+  }
   assert.equal(testUserAccessProblem('/usr/bin/env', 'x'), null);
   const bad = await runAsTestUser('sh', ['-c', 'echo oops >&2; exit 3']);
   assert.deepEqual([bad.code, bad.stderr], [3, 'oops\n']);

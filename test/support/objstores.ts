@@ -39,10 +39,9 @@ export interface AzureEnv {
   blobEndpoint: string;
 }
 
-const HOW_TO_RUN = 'Run the tests with `npm test` (scripts/test.sh starts the object stores and exports their env). ' +
-  'For a single file: scripts/objstores/start-all.sh once, then ' +
-  '`node --env-file=${PGARK_TEST_HOME:-/var/tmp/pgark-test}/objstores.env --test <file>`. ' +
-  'Set PGARK_TEST_SKIP_SERVERS=1 to skip the tests that need them.';
+const HOW_TO_RUN = 'Run the tests with `npm test` (scripts/test.sh starts the object stores and exports their env); ' +
+  'for some files only: `npm test -- test/integration/x.test.ts` (PGARK_TEST_SKIP_BUILD=1 skips build and typecheck). ' +
+  'Set PGARK_TEST_SKIP_SERVERS=1 to skip the tests that need the servers.';
 
 /** For node:test's `skip` option: a reason when PGARK_TEST_SKIP_SERVERS=1, else false. */
 export function skipServers(): string | false {
