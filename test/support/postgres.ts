@@ -15,7 +15,7 @@
  *
  * Every cluster gets its own base dir os.tmpdir()/pgark-test-XXXXXX (owned by the test user)
  * holding data/, sock/ (the Unix socket dir) and postgres.log; it listens on 127.0.0.1 and a
- * free port; fsync=off unless the test's settings say otherwise. A cluster left running when
+ * free port; fsync=off unless the test's settings say otherwise. A cluster not destroyed when
  * the test process exits (or gets SIGINT/SIGTERM/SIGHUP) is stopped (immediate) and its base
  * dir removed, unless PGARK_TEST_KEEP_CLUSTERS=1.
  *
@@ -354,6 +354,7 @@ export interface Cluster {
   logTail(n?: number): string;
 }
 
+/** clusters created and not destroyed yet: the exit hook destroys them */
 const live = new Set<ClusterImpl>();
 let exitHooksInstalled = false;
 
@@ -497,11 +498,7 @@ class ClusterImpl implements Cluster {
       const r = await this.ctl(['start', '-w', '-t', '120', '-s', '-D', this.dataDir, '-l', this.logFile, '-o', o],
         this.baseEnv(this.env));
       const pid = this.postmasterPid();
-      if (r.code === 0 && pid !== null) {
-        live.add(this);
-        installExitHooks();
-        return;
-      }
+      if (r.code === 0 && pid !== null) return;
       const log = fs.existsSync(this.logFile) ? fs.readFileSync(this.logFile, 'utf8').slice(logStart) : '';
       if (!this.fixedPort && attempt < 5 && /could not bind|Address already in use|could not create any TCP\/IP sockets|lock file ".*\.s\.PGSQL/i.test(log)) {
         this.port = await freePort();
@@ -513,7 +510,7 @@ class ClusterImpl implements Cluster {
 
   async stop(mode: StopMode = 'fast'): Promise<void> {
     const pid = this.postmasterPid();
-    if (pid === null) { live.delete(this); return; }
+    if (pid === null) return;
     const r = await this.ctl(['stop', '-w', '-t', '120', '-s', '-D', this.dataDir, '-m', mode]);
     if (this.postmasterPid() !== null) {
       // pg_ctl gave up: SIGQUIT is the immediate shutdown, SIGKILL as a last resort
@@ -522,7 +519,6 @@ class ClusterImpl implements Cluster {
       if (pidAlive(pid)) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
       if (r.code !== 0) console.error(`pg_ctl stop -m ${mode} failed (${r.stderr.trim()}); the postmaster was signalled directly`);
     }
-    live.delete(this);
   }
 
   async restart(mode: StopMode = 'fast'): Promise<void> {
@@ -558,6 +554,7 @@ class ClusterImpl implements Cluster {
     const sessions = this.sessions();
     await this.stop('immediate');
     this.killLeftovers(sessions);
+    live.delete(this);
     if (process.env.PGARK_TEST_KEEP_CLUSTERS === '1') { console.error(`kept ${this.baseDir}`); return; }
     fs.rmSync(this.baseDir, { recursive: true, force: true });
   }
@@ -633,12 +630,17 @@ export async function createCluster(opts: ClusterOptions = {}): Promise<Cluster>
     const port = opts.port ?? await freePort();
     if (`${socketDir}/.s.PGSQL.${port}`.length > 107) throw new Error(`socket path in ${socketDir} is too long for a Unix socket: set TMPDIR to a shorter dir`);
     cluster = new ClusterImpl(install, baseDir, port, opts.port !== undefined, opts.env ?? {});
+    live.add(cluster);
+    installExitHooks();
     if (opts.initdb === false) return cluster;
     await cluster.initdb(opts);
     if (opts.start !== false) await cluster.start();
     return cluster;
   } catch (e) {
-    if (cluster?.isRunning()) await cluster.stop('immediate').catch(() => {});
+    if (cluster) {
+      live.delete(cluster);
+      if (cluster.isRunning()) await cluster.stop('immediate').catch(() => {});
+    }
     if (process.env.PGARK_TEST_KEEP_CLUSTERS !== '1') fs.rmSync(baseDir, { recursive: true, force: true });
     throw e;
   }
