@@ -541,13 +541,20 @@ class ClusterImpl implements Cluster {
     return new Set(pm === null ? [] : processTree(pm));
   }
 
-  /** SIGKILL what is left in the cluster's sessions (PostgreSQL normally stops it all itself). */
-  private killLeftovers(sessions: Set<number>): void {
-    if (sessions.size === 0) return;
+  /**
+   * SIGKILL what is left in the cluster's sessions (PostgreSQL normally stops it all itself) and
+   * wait up to 5 s until those processes are gone (or zombies). Returns the PIDs still running.
+   */
+  private killLeftovers(sessions: Set<number>): number[] {
+    if (sessions.size === 0) return [];
     const uid = testUser()?.uid ?? process.getuid?.();
-    for (const p of readProcs()) {
-      if (sessions.has(p.sid) && p.uid === uid) { try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ } }
+    let left = readProcs().filter((p) => sessions.has(p.sid) && p.uid === uid).map((p) => p.pid);
+    for (const pid of left) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
+    for (let i = 0; i < 500 && left.length > 0; i++) {
+      sleepSync(10);
+      left = left.filter(pidAlive);
     }
+    return left;
   }
 
   async destroy(): Promise<void> {
