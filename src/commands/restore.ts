@@ -8,20 +8,24 @@
  * symlinks); tablespace links may only be pg_tblspc/<oid>, and their locations must be empty.
  */
 import { existsSync } from 'node:fs';
-import { appendFile, chmod, lstat, mkdir, readdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, lstat, mkdir, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { CommandContext } from '../cli/context.ts';
 import { PgarkError } from '../errors.ts';
 import { formatLsn, parseLsn } from '../postgres/wal.ts';
 import { listBackups, readManifest, type BackupSummary, type ManifestEntry } from '../repo/backup-manifest.ts';
 import { Repository } from '../repo/repository.ts';
-import { restoreFile } from '../repo/restore-files.ts';
+import { restoreFiles, syncFilesystems, type FileToRestore } from '../repo/restore-files.ts';
 import { Semaphore } from '../util/concurrency.ts';
 import { log } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
 import { formatBytes, formatDuration } from '../util/units.ts';
 
 type FileEntry = Extract<ManifestEntry, { t: 'f' }>;
+
+/** A restore batch closes at this many files or this many stored bytes. */
+const BATCH_FILES = 256;
+const BATCH_BYTES = 64 * 1024 * 1024;
 
 interface Target {
   kind: 'latest' | 'time' | 'lsn' | 'xid' | 'name' | 'immediate';
@@ -134,12 +138,32 @@ export async function run(ctx: CommandContext): Promise<number> {
     await chmod(targetDir, 0o700);
     const progress = createProgress(`restore ${backup.id}`, backup.size);
     const expected = new Set<string>();
+    const tablespaceLocations: string[] = [];
     const running = new Set<Promise<void>>();
     let failure: { error: unknown } | undefined;
     let end: { backupLabel: string; tablespaceMap: string } | undefined;
     let written = 0;
-    let files = 0;
-    const fetchers = new Semaphore(loaded.config['process-max'] * 2);
+    let filesRestored = 0;
+    const fetchers = new Semaphore(loaded.config['process-max']);
+    // Files go in batches whose blobs are fetched together (see restore-files.ts); batches run
+    // concurrently, bounded by the fetchers, and their directories exist before they run.
+    let batch: FileToRestore[] = [];
+    let batchBytes = 0;
+    const flushBatch = async () => {
+      if (batch.length === 0) return;
+      const files = batch;
+      batch = [];
+      batchBytes = 0;
+      while (running.size >= 2) await Promise.race(running);
+      const job = restoreFiles(repo, files, { blockSize: backup.blockSize, fetchers, identities, delta, onBytes: (n) => progress.add(n) })
+        .then((result) => {
+          written += result.written;
+          filesRestored += files.length;
+        })
+        .catch((error: unknown) => { failure ??= { error }; })
+        .finally(() => running.delete(job));
+      running.add(job);
+    };
 
     for await (const entry of readManifest(repo, backup)) {
       if (failure) break;
@@ -153,21 +177,14 @@ export async function run(ctx: CommandContext): Promise<number> {
       if (entry.t === 'd') {
         await mkdir(absolute, { recursive: true, mode: entry.m & 0o777 });
       } else if (entry.t === 'l') {
-        await restoreLink(path, entry.target, absolute, tablespaceMap, delta);
+        tablespaceLocations.push(await restoreLink(path, entry.target, absolute, tablespaceMap, delta));
       } else {
-        while (running.size >= loaded.config['process-max']) await Promise.race(running);
-        const job = restoreFile(repo, entry as FileEntry, absolute, { blockSize: backup.blockSize, fetchers, identities, delta, onBytes: (n) => progress.add(n) })
-          .then(async (result) => {
-            written += result.written;
-            files++;
-            const mtime = new Date((entry as FileEntry).mt);
-            await utimes(absolute, mtime, mtime);
-          })
-          .catch((error: unknown) => { failure ??= { error }; })
-          .finally(() => running.delete(job));
-        running.add(job);
+        batch.push({ entry: entry as FileEntry, absolute });
+        batchBytes += (entry as FileEntry).x.reduce((sum, extent) => sum + extent[4], 0);
+        if (batch.length >= BATCH_FILES || batchBytes >= BATCH_BYTES) await flushBatch();
       }
     }
+    await flushBatch();
     await Promise.all(running);
     if (failure) throw failure.error;
     if (!end) throw new PgarkError('INTEGRITY', `the manifest of backup ${backup.id} has no end record`);
@@ -176,24 +193,26 @@ export async function run(ctx: CommandContext): Promise<number> {
     if (delta) await removeUnexpected(targetDir, expected);
     await writeFile(join(targetDir, 'backup_label'), end.backupLabel, { mode: 0o600 });
     await writeRecoveryConfig(ctx, targetDir, target, action, backup);
+    await syncFilesystems([targetDir, ...tablespaceLocations]);
 
     const ms = Date.now() - started;
     log.info(`restored backup ${backup.id}`, {
-      files,
+      files: filesRestored,
       size: formatBytes(backup.size),
       written: formatBytes(written),
       duration: formatDuration(ms),
       rate: `${formatBytes((backup.size / Math.max(ms, 1)) * 1000)}/s`,
       next: `start PostgreSQL on ${targetDir}; it replays WAL from the archive${target.kind === 'latest' ? '' : ` to the ${target.kind} target`}`,
     });
-    if (ctx.json) process.stdout.write(JSON.stringify({ backup: backup.id, targetDir, files, size: backup.size, written, durationMs: ms }) + '\n');
+    if (ctx.json) process.stdout.write(JSON.stringify({ backup: backup.id, targetDir, files: filesRestored, size: backup.size, written, durationMs: ms }) + '\n');
     return 0;
   } finally {
     await repo.close();
   }
 }
 
-async function restoreLink(path: string, original: string, absolute: string, map: Map<string, string>, delta: boolean): Promise<void> {
+/** Creates a tablespace link (remapped if asked); returns the location it points to. */
+async function restoreLink(path: string, original: string, absolute: string, map: Map<string, string>, delta: boolean): Promise<string> {
   const match = /^pg_tblspc\/(\d+)$/.exec(path);
   if (!match) {
     throw new PgarkError('INTEGRITY', `the backup manifest has a link at "${path}"; only tablespace links (pg_tblspc/<oid>) are restored`, { hint: 'the repository has been tampered with or is damaged' });
@@ -208,6 +227,7 @@ async function restoreLink(path: string, original: string, absolute: string, map
   if (existing) await rm(absolute, { recursive: !existing.isSymbolicLink(), force: true });
   await symlink(location, absolute);
   log.info(`tablespace ${match[1]} restored to ${location}`);
+  return location;
 }
 
 /** Delta restore: files the backup does not have are removed (they would confuse recovery). */

@@ -1,14 +1,13 @@
 /**
  * Packs: many small encoded blobs appended into objects of tens of MiB, so a backup of many
- * small changes costs few requests, and a restore fetches a blob with one ranged GET. Packs
+ * small changes costs few requests, and a restore fetches neighbouring blobs with one ranged GET. Packs
  * are uploaded in the background while the backup goes on; `finish` resolves once every pack
  * is stored — only then may a manifest reference them.
  */
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { PgarkError } from '../errors.ts';
-import { decodeBuffer, suffixOf, type WriteFormat } from '../pipeline/object-format.ts';
-import { isValidPackId, packKey } from './layout.ts';
+import { suffixOf, type WriteFormat } from '../pipeline/object-format.ts';
+import { packKey } from './layout.ts';
 import type { Repository } from './repository.ts';
 
 export interface BlobLocation {
@@ -78,19 +77,5 @@ export class PackWriter {
   /** Waits for running uploads to settle (after a failure elsewhere), ignoring their errors. */
   async settle(): Promise<void> {
     await Promise.allSettled([...this.uploads]);
-  }
-}
-
-/** Fetches and decodes one blob (a ranged GET of its pack). */
-export async function readBlob(repo: Repository, location: BlobLocation, identities: readonly string[]): Promise<Buffer> {
-  if (!isValidPackId(location.packId)) throw new PgarkError('INTEGRITY', `invalid pack id "${location.packId}" in a manifest`);
-  const key = packKey(location.packId);
-  const stored = await repo.storage.get(key, { start: location.offset, end: location.offset + location.length - 1 });
-  try {
-    const content = await decodeBuffer(stored, key, identities);
-    return content;
-  } catch (error) {
-    if (error instanceof PgarkError) throw error;
-    throw new PgarkError('INTEGRITY', `a blob in pack ${location.packId} (offset ${location.offset}) is damaged: ${(error as Error).message}`, { cause: error });
   }
 }
