@@ -128,7 +128,7 @@ async function dropForDiskSpace(ctx: CommandContext, spool: Spool, walDirectory:
   if (max <= 0) return false;
   let queued = 0;
   for (const file of await readyFiles(walDirectory)) queued += (await stat(file.path).catch(() => undefined))?.size ?? 0;
-  if (queued < max) return false;
+  if (queued <= max) return false; // drop only when MORE than archive-queue-max waits (as documented)
   log.error(`DROPPED WAL file ${name} without archiving it: ${formatBytes(queued)} of WAL wait to be archived, more than archive-queue-max (${formatBytes(max)})`, {
     reason: cause.message,
     consequence: 'point-in-time recovery is broken across this gap until the next backup completes',
