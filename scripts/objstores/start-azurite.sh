@@ -11,7 +11,7 @@
 # Runs with --skipApiVersionCheck (newer SDKs send a newer x-ms-version) and --disableTelemetry.
 # Knobs: PGARK_TEST_HOME (/var/tmp/pgark-test), PGARK_AZURITE_DIR ($PGARK_TEST_HOME/azurite),
 #        PGARK_AZURITE_PORT (20000), PGARK_AZURITE_IN_MEMORY=1 (keep blobs in RAM),
-#        PGARK_AZURITE_EXTRA_ARGS (e.g. "--loose"), PGARK_AZURITE_START_TIMEOUT (60 s).
+#        PGARK_AZURITE_EXTRA_ARGS (e.g. "--loose"), PGARK_AZURITE_START_TIMEOUT (300 s).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -20,7 +20,7 @@ BASE=${PGARK_TEST_HOME:-/var/tmp/pgark-test}
 DIR=${PGARK_AZURITE_DIR:-$BASE/azurite}
 PORT=${PGARK_AZURITE_PORT:-20000}
 PIDFILE=$DIR/azurite.pid
-TIMEOUT=${PGARK_AZURITE_START_TIMEOUT:-60}
+TIMEOUT=${PGARK_AZURITE_START_TIMEOUT:-300}
 NODE=$ROOT/node_modules/.bin/node
 MAIN=$ROOT/node_modules/azurite/dist/src/blob/main.js
 ACCOUNT=devstoreaccount1   # Azurite's well-known development account and key (public, test only)
@@ -42,7 +42,7 @@ AZURE_STORAGE_BLOB_ENDPOINT=$ENDPOINT"
 is_ours() { # a live node process running azurite's blob main.js on our data dir
   local pid=$1
   [ -n "$pid" ] && [ -e "/proc/$pid" ] || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF "azurite/dist/src/blob/main.js --blobHost 127.0.0.1 --blobPort $PORT --location $DIR/data"
+  tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -qF "azurite/dist/src/blob/main.js --blobHost 127.0.0.1 --blobPort $PORT --location $DIR/data"
 }
 http_up() { [ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$ENDPOINT?comp=list")" != 000 ]; }
 

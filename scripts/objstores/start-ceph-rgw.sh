@@ -15,7 +15,7 @@
 # Knobs: PGARK_TEST_HOME (/var/tmp/pgark-test), PGARK_RGW_DIR ($PGARK_TEST_HOME/ceph-rgw),
 #        PGARK_RGW_PORT (17480), PGARK_RGW_MON_PORT (13300), PGARK_RGW_OBJECTSTORE (memstore|bluestore),
 #        PGARK_RGW_STORE_BYTES (8 GiB), PGARK_RGW_TCP_NODELAY (1; 0 only to measure the Nagle stall),
-#        PGARK_RGW_START_TIMEOUT (180 s).
+#        PGARK_RGW_START_TIMEOUT (300 s, for each step).
 # Why tcp_nodelay=1: beast writes the response headers and body in separate small writes; with
 # Nagle on, the body waits for the client's delayed ACK and every small GET on a kept-alive
 # connection takes ~40 ms extra.
@@ -31,7 +31,7 @@ OBJECTSTORE=${PGARK_RGW_OBJECTSTORE:-memstore}
 STORE_BYTES=${PGARK_RGW_STORE_BYTES:-8589934592}
 TCP_NODELAY=${PGARK_RGW_TCP_NODELAY:-1}
 STORAGE_CLASSES="STANDARD_IA ONEZONE_IA INTELLIGENT_TIERING GLACIER GLACIER_IR DEEP_ARCHIVE REDUCED_REDUNDANCY"
-TIMEOUT=${PGARK_RGW_START_TIMEOUT:-180}
+TIMEOUT=${PGARK_RGW_START_TIMEOUT:-300}
 PIDFILE=$DIR/ceph-rgw.pid
 CONF=$DIR/ceph.conf
 ENDPOINT=http://127.0.0.1:$PORT
@@ -165,7 +165,7 @@ rgw_crypt_s3_kms_backend = testing
 rgw_crypt_s3_kms_encryption_keys = testkey=$(head -c 32 /dev/urandom | base64)
 EOF
 export CEPH_CONF=$CONF
-ceph_() { timeout 30 ceph -c "$CONF" "$@"; }
+ceph_() { timeout 120 ceph -c "$CONF" "$@"; }
 wait_for() { # wait_for <what> <seconds> <command...>
   local what=$1 secs=$2; shift 2
   local end=$(( $(date +%s) + secs ))
@@ -190,17 +190,17 @@ monmaptool --create --fsid "$FSID" --addv a "[v2:127.0.0.1:$MON_PORT]" "$DIR/tmp
 ceph-mon -c "$CONF" --mkfs -i a --monmap "$DIR/tmp/monmap" --keyring "$DIR/keyring" >>"$DIR/log/mon.out" 2>&1 || die "ceph-mon --mkfs failed"
 : > "$PIDFILE"; SPAWNED=1
 spawn mon ceph-mon -c "$CONF" -f -i a
-wait_for "ceph-mon quorum" 60 ceph_ mon stat
+wait_for "ceph-mon quorum" "$TIMEOUT" ceph_ mon stat
 log "mon in quorum"
 
 # ---- OSD ----
 OSD_UUID=$(cat /proc/sys/kernel/random/uuid)
-OSD_ID=$(ceph_ osd new "$OSD_UUID")
+OSD_ID=$(ceph_ osd new "$OSD_UUID") || die "ceph osd new failed"
 mkdir -p "$DIR/osd/ceph-$OSD_ID"
 ceph-osd -c "$CONF" -i "$OSD_ID" --mkfs --osd-uuid "$OSD_UUID" >>"$DIR/log/osd.out" 2>&1 || die "ceph-osd --mkfs failed"
 spawn osd ceph-osd -c "$CONF" -f -i "$OSD_ID"
 osd_up() { ceph_ osd dump -f json | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d["osds"] and d["osds"][0]["up"]==1 else 1)'; }
-wait_for "osd.$OSD_ID up" 90 osd_up
+wait_for "osd.$OSD_ID up" "$TIMEOUT" osd_up
 log "osd.$OSD_ID up"
 
 # ---- RGW zone: test user (this also creates the default zone), extra storage classes ----

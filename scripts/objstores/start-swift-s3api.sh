@@ -13,7 +13,8 @@
 # S3 credentials come from tempauth: access key "test:tester", secret "testing".
 # Knobs: PGARK_TEST_HOME (/var/tmp/pgark-test), PGARK_SWIFT_DIR ($PGARK_TEST_HOME/swift),
 #        PGARK_SWIFT_S3_PORT (18480), PGARK_SWIFT_ACCOUNT_PORT/CONTAINER_PORT/OBJECT_PORT
-#        (16212/16211/16210), PGARK_SWIFT_START_TIMEOUT (60 s).
+#        (16212/16211/16210), PGARK_SWIFT_START_TIMEOUT (300 s: generous, a busy 2-core machine
+#        once needed 90 s).
 set -euo pipefail
 
 BASE=${PGARK_TEST_HOME:-/var/tmp/pgark-test}
@@ -23,7 +24,7 @@ ACCOUNT_PORT=${PGARK_SWIFT_ACCOUNT_PORT:-16212}
 CONTAINER_PORT=${PGARK_SWIFT_CONTAINER_PORT:-16211}
 OBJECT_PORT=${PGARK_SWIFT_OBJECT_PORT:-16210}
 PIDFILE=$DIR/swift.pid
-TIMEOUT=${PGARK_SWIFT_START_TIMEOUT:-60}
+TIMEOUT=${PGARK_SWIFT_START_TIMEOUT:-300}
 ENDPOINT=http://127.0.0.1:$PORT
 HERE=$(cd "$(dirname "$0")" && pwd)
 
@@ -42,7 +43,7 @@ SWIFT_S3_REGION=us-east-1"
 is_ours() {
   local pid=$1
   [ -n "$pid" ] && [ -e "/proc/$pid" ] || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qE "swift-(account|container|object|proxy)-server $DIR/etc/"
+  tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -qE "swift-(account|container|object|proxy)-server $DIR/etc/"
 }
 http_up() { curl -sf -m 2 -o /dev/null "$ENDPOINT/healthcheck"; }
 apt_install() { # install Debian packages; waits for the dpkg lock; updates the lists only if needed

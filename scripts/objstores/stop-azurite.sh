@@ -10,8 +10,8 @@ log() { echo "[stop-azurite] $*" >&2; }
 is_ours() {
   local pid=$1
   [ -n "$pid" ] && [ -e "/proc/$pid" ] || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF "azurite/dist/src/blob/main.js --blobHost 127.0.0.1 --blobPort "
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--location $DIR/data"
+  tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -qF "azurite/dist/src/blob/main.js --blobHost 127.0.0.1 --blobPort "
+  tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -qF -- "--location $DIR/data"
 }
 if [ -s "$PIDFILE" ]; then
   pid=$(cat "$PIDFILE")

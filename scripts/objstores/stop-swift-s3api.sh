@@ -10,7 +10,7 @@ log() { echo "[stop-swift-s3api] $*" >&2; }
 is_ours() {
   local pid=$1
   [ -n "$pid" ] && [ -e "/proc/$pid" ] || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qE "swift-(account|container|object|proxy)-server $DIR/etc/"
+  tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -qE "swift-(account|container|object|proxy)-server $DIR/etc/"
 }
 if [ -s "$PIDFILE" ]; then
   mapfile -t pids < "$PIDFILE"
