@@ -135,7 +135,7 @@ describe('bad input: one clear error line, nothing written', { concurrency: true
       });
       const { hint } = assertCleanFailure(result, 'put', /no S3 credentials found for s3:\/\//);
       assert.match(hint ?? '', /AWS_ACCESS_KEY_ID/);
-      assert.ok(Date.now() - started < 30_000, 'fails without waiting on a metadata service');
+      assert.ok(Date.now() - started < 60_000, 'fails without waiting on a metadata service');
       assert.deepEqual(snapshotTree(cwd), []);
       await unchanged();
     });
@@ -146,7 +146,7 @@ describe('bad input: one clear error line, nothing written', { concurrency: true
       await failsCleanly('put', () => ['put', 'backup1', '--repo', `s3://${bucket.name}/r`, '--retry-max', '2'],
         new RegExp(`cannot reach http://127\\.0\\.0\\.1:${port} to download pgark\\.json after 2 attempts \\(ECONNREFUSED\\)`),
         { env: { ...s3Settings(s3Env('rgw')), PGARK_S3_ENDPOINT: `http://127.0.0.1:${port}` } });
-      assert.ok(Date.now() - started < 30_000, `bounded: ${Date.now() - started} ms`);
+      assert.ok(Date.now() - started < 60_000, `bounded: ${Date.now() - started} ms`);
       await unchanged();
     });
 
@@ -158,7 +158,7 @@ describe('bad input: one clear error line, nothing written', { concurrency: true
       await failsCleanly('put', () => ['put', 'backup1', '--repo', 'azure://some-container/r', '--retry-max', '2'],
         new RegExp(`cannot reach azure://some-container/r/ at http://127\\.0\\.0\\.1:${port}/${account} to download pgark\\.json after 2 attempts`),
         { env: { PGARK_AZURE_CONNECTION_STRING: connectionString } });
-      assert.ok(Date.now() - started < 30_000, `bounded: ${Date.now() - started} ms`);
+      assert.ok(Date.now() - started < 60_000, `bounded: ${Date.now() - started} ms`);
     });
 
     test('S3 bucket that does not exist', async () => {

@@ -152,7 +152,7 @@ describe('init and check', { concurrency: true }, () => {
     const before = snapshotTree(repoDir);
     const args = [PGARK_BIN, 'check', '--repo', `file://${repoDir}`, ...pgArgs(archiving)];
     const env = { PGARK_LOG_FORMAT: 'json' };
-    const result = await archiving.run(NODE_BIN, args, { env, timeoutMs: 60_000 });
+    const result = await archiving.run(NODE_BIN, args, { env, timeoutMs: 120_000 });
     assert.equal(result.code, 2, `${result.stdout}${result.stderr}`);
     const lines = result.stdout.trimEnd().split('\n');
     assert.ok(lines.includes(`ok    repository reachable: file://${repoDir}`), result.stdout);
@@ -161,7 +161,7 @@ describe('init and check', { concurrency: true }, () => {
     assert.ok(lines.includes('ok    archiving: archive_mode=on, archive_command calls pgark wal-push'), 'the other checks still ran');
     assert.equal(lines.at(-1), '1 check(s) failed');
     assert.equal(result.stderr, '', 'check reports on stdout only');
-    const json = await archiving.run(NODE_BIN, [...args.slice(0, 2), '--json', ...args.slice(2)], { env, timeoutMs: 60_000 });
+    const json = await archiving.run(NODE_BIN, [...args.slice(0, 2), '--json', ...args.slice(2)], { env, timeoutMs: 120_000 });
     const report = JSON.parse(json.stdout) as CheckReport;
     assert.equal(report.ok, false);
     assert.deepEqual(report.checks.filter((c) => !c.ok).map((c) => c.name), ['repository writable']);

