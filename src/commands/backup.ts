@@ -114,7 +114,7 @@ export async function run(ctx: CommandContext): Promise<number> {
       const entry = await window.shift()!;
       if (entry) await manifest!.write(entry);
     };
-    for await (const item of walkDataDirectory(pgdata, { exclude: (path) => path === 'pgark_spool' })) {
+    for await (const item of walkDataDirectory(pgdata)) {
       ctx.signal.throwIfAborted();
       let pending: Promise<ManifestEntry | undefined>;
       if (item.type === 'dir') pending = Promise.resolve({ t: 'd', p: item.path, m: item.mode });
@@ -194,6 +194,7 @@ export async function run(ctx: CommandContext): Promise<number> {
       blocksStored: summary.blocksStored,
       blocksReferenced: summary.blocksReferenced,
       rate: `${formatBytes(summary.size / Math.max(seconds, 0.001))}/s`,
+      peakRss: formatBytes(process.resourceUsage().maxRSS * 1024),
     });
     if (ctx.json) process.stdout.write(JSON.stringify(summary) + '\n');
     return 0;

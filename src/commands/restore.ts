@@ -202,6 +202,7 @@ export async function run(ctx: CommandContext): Promise<number> {
       written: formatBytes(written),
       duration: formatDuration(ms),
       rate: `${formatBytes((backup.size / Math.max(ms, 1)) * 1000)}/s`,
+      peakRss: formatBytes(process.resourceUsage().maxRSS * 1024),
       next: `start PostgreSQL on ${targetDir}; it replays WAL from the archive${target.kind === 'latest' ? '' : ` to the ${target.kind} target`}`,
     });
     if (ctx.json) process.stdout.write(JSON.stringify({ backup: backup.id, targetDir, files: filesRestored, size: backup.size, written, durationMs: ms }) + '\n');
