@@ -79,7 +79,9 @@ export async function run(ctx: CommandContext): Promise<number> {
     }
     const pgdata = config.pgdata ?? info.dataDirectory;
     if (!pgdata) throw new PgarkError('CONFIG', 'cannot tell where the data directory is', { hint: 'set pgdata (or PGDATA), or connect as a user allowed to read data_directory' });
-    const blockSize = Number((await client.query<{ b: string }>("SELECT current_setting('block_size') AS b")).rows[0]!.b);
+    const settings = (await client.query<{ b: string; c: string }>("SELECT current_setting('block_size') AS b, current_setting('data_checksums') AS c")).rows[0]!;
+    const blockSize = Number(settings.b);
+    const dataChecksums = settings.c === 'on';
 
     const label = `pgark ${new Date().toISOString()}`;
     const start = await startBackup(client, info.majorVersion, label);
@@ -101,10 +103,11 @@ export async function run(ctx: CommandContext): Promise<number> {
     packs = new PackWriter(repo, format, { targetSize: 16 * 1024 * 1024, maxUploads: 2, signal: ctx.signal });
     manifest = await ManifestWriter.open(repo, id, format, ctx.signal);
     const cursor = base ? new BaseManifestCursor(readManifest(repo, base) as AsyncIterable<{ t: string; p?: string }>) : undefined;
-    const fileContext = { blockSize, encoders: new Semaphore(config['process-max']), format, packs, baseStartLsn: base ? parseLsn(base.startLsn) : undefined, signal: ctx.signal };
+    const fileContext = { blockSize, encoders: new Semaphore(config['process-max']), format, packs, baseStartLsn: base ? parseLsn(base.startLsn) : undefined, verifyChecksumsBefore: dataChecksums ? startLsn : undefined, signal: ctx.signal };
 
     const progress = createProgress(`backup ${id}`);
     const totals = { files: 0, size: 0, blocksStored: 0, blocksReferenced: 0 };
+    const checksumErrors: { path: string; block: number }[] = [];
     const tablespaces: { oid: string; location: string }[] = [];
 
     // Files are backed up concurrently; manifest lines are written in walk order.
@@ -129,6 +132,10 @@ export async function run(ctx: CommandContext): Promise<number> {
           totals.size += result.bytesRead;
           totals.blocksStored += result.blocksStored;
           totals.blocksReferenced += result.blocksReferenced;
+          for (const block of result.checksumErrors) {
+            if (checksumErrors.length < 20) log.warn(`page checksum failure: block ${block} of ${file.path}`, { hint: 'the page is corrupt on disk; the backup stores it as it is' });
+            if (checksumErrors.length < 1000) checksumErrors.push({ path: file.path, block });
+          }
           progress.add(result.bytesRead);
           return result.entry;
         }, (error: unknown) => {
@@ -182,6 +189,7 @@ export async function run(ctx: CommandContext): Promise<number> {
       durationMs: Date.now() - started,
       tablespaces,
       keep: Boolean(ctx.options.keep),
+      pageChecksumErrors: checksumErrors,
     };
     await writeBackupSummary(repo, summary);
     const seconds = summary.durationMs / 1000;
@@ -195,6 +203,7 @@ export async function run(ctx: CommandContext): Promise<number> {
       blocksReferenced: summary.blocksReferenced,
       rate: `${formatBytes(summary.size / Math.max(seconds, 0.001))}/s`,
       peakRss: formatBytes(process.resourceUsage().maxRSS * 1024),
+      checksums: dataChecksums ? `${checksumErrors.length} bad page(s)` : 'off',
     });
     if (ctx.json) process.stdout.write(JSON.stringify(summary) + '\n');
     return 0;

@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { encodeBuffer, type WriteFormat } from '../pipeline/object-format.ts';
-import { pageLsn } from '../postgres/page.ts';
+import { isNewPage, pageChecksum, pageLsn, RELSEG_BLOCKS, storedChecksum } from '../postgres/page.ts';
 import type { Extent, ManifestEntry } from './backup-manifest.ts';
 import type { PackWriter } from './packs.ts';
 import type { Semaphore } from '../util/concurrency.ts';
@@ -27,6 +27,9 @@ export interface FileBackupContext {
   packs: PackWriter;
   /** Start LSN of the base backup (incrementals only). */
   baseStartLsn: bigint | undefined;
+  /** Data checksums are on: verify every relation page read; pages changed after this
+   * backup's start LSN may be torn mid-write and are left to WAL replay. */
+  verifyChecksumsBefore: bigint | undefined;
   signal?: AbortSignal;
 }
 
@@ -35,6 +38,8 @@ export interface FileBackupResult {
   bytesRead: number;
   blocksStored: number;
   blocksReferenced: number;
+  /** Block numbers (within the file) whose data checksum is wrong. */
+  checksumErrors: number[];
 }
 
 type FileEntry = Extract<ManifestEntry, { t: 'f' }>;
@@ -154,7 +159,7 @@ export async function backupFile(
   if (!file.relation && base?.h !== undefined) {
     const hash = await sha256OfFile(file.absolute);
     if (hash === base.h) {
-      return { entry: { ...entry, s: base.s, h: hash, x: base.x }, bytesRead: base.s, blocksStored: 0, blocksReferenced: blocksOf(base.x) };
+      return { entry: { ...entry, s: base.s, h: hash, x: base.x }, bytesRead: base.s, blocksStored: 0, blocksReferenced: blocksOf(base.x), checksumErrors: [] };
     }
   }
 
@@ -166,6 +171,9 @@ export async function backupFile(
   let runStart = -1; // first block of the current run of unchanged blocks
   let size = 0;
   let blocksReferenced = 0;
+  const checksumErrors: number[] = [];
+  const verify = file.relation && ctx.verifyChecksumsBefore !== undefined;
+  const firstBlockNumber = verify ? segmentOf(file.path) * RELSEG_BLOCKS : 0;
 
   const closeRun = (end: number): void => {
     if (runStart < 0) return;
@@ -183,6 +191,9 @@ export async function backupFile(
     if (baseExtents && number < baseBlocks && block.length === ctx.blockSize) {
       const lsn = pageLsn(block, 0);
       unchanged = lsn !== 0n && lsn < ctx.baseStartLsn!;
+    }
+    if (verify && block.length === ctx.blockSize && !isNewPage(block) && pageChecksum(block, firstBlockNumber + number) !== storedChecksum(block)) {
+      if (await confirmChecksumError(file.absolute, number, firstBlockNumber, ctx)) checksumErrors.push(number);
     }
     if (unchanged) {
       if (runStart < 0) runStart = number;
@@ -203,5 +214,30 @@ export async function backupFile(
     bytesRead: size,
     blocksStored: builder.stored,
     blocksReferenced,
+    checksumErrors,
   };
+}
+
+/** The segment number of a relation file: "16384.2" → 2. */
+function segmentOf(path: string): number {
+  const dot = path.lastIndexOf('.');
+  return dot > path.lastIndexOf('/') ? Number(path.slice(dot + 1)) : 0;
+}
+
+/**
+ * A page that fails its checksum may have been read while PostgreSQL was writing it: re-read
+ * it; still failing and changed after the backup began (LSN at or past the start) means torn,
+ * which WAL replay repairs; still failing and older means real corruption.
+ */
+async function confirmChecksumError(path: string, number: number, firstBlockNumber: number, ctx: FileBackupContext): Promise<boolean> {
+  const page = Buffer.alloc(ctx.blockSize);
+  const handle = await open(path, 'r');
+  try {
+    const { bytesRead } = await handle.read(page, 0, ctx.blockSize, number * ctx.blockSize);
+    if (bytesRead < ctx.blockSize) return false; // truncated meanwhile
+  } finally {
+    await handle.close();
+  }
+  if (isNewPage(page) || pageChecksum(page, firstBlockNumber + number) === storedChecksum(page)) return false;
+  return pageLsn(page, 0) < ctx.verifyChecksumsBefore!;
 }

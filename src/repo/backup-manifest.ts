@@ -64,6 +64,8 @@ const BackupSummarySchema = z.object({
   durationMs: z.number(),
   tablespaces: z.array(z.object({ oid: z.string(), location: z.string() })),
   keep: z.boolean().default(false),
+  /** Pages that failed their data checksum while being read (first 1,000). */
+  pageChecksumErrors: z.array(z.object({ path: z.string(), block: z.number().int() })).optional(),
 });
 export type BackupSummary = z.infer<typeof BackupSummarySchema>;
 
