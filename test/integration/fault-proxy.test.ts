@@ -138,7 +138,7 @@ test('pass-through: 20 MiB up and down byte-identical, headers kept (Host includ
 });
 
 test('each fault kind happens at about its rate on GETs, and the client sees it', async () => {
-  const N = 1500;
+  const N = 800; // sequential, so the seed fixes which request gets which fault
   await withProxy({ errorRate: 0.1, slowDownRate: 0.05, resetRate: 0.15, seed: 42 }, async (proxy, agent) => {
     const seen = { ok: 0, e500: 0, e503: 0, reset: 0, other: 0 };
     for (let i = 0; i < N; i++) {
@@ -166,8 +166,8 @@ test('each fault kind happens at about its rate on GETs, and the client sees it'
 });
 
 test('faults on uploads: what reached the server matches the fault phase', async () => {
-  const N = 400;
-  const body = bytes(256 * 1024);
+  const N = 300;
+  const body = bytes(64 * 1024);
   await withProxy({ errorRate: 0.1, resetRate: 0.3, seed: 7 }, async (proxy, agent) => {
     uploads.length = 0;
     let ok = 0;
