@@ -21,7 +21,8 @@ import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.ts';
 import { createTestBucket, listOpenMultipartUploads, s3Env, skipServers, type TestBucket } from '../support/objstores.ts';
 import { createCluster, spawnAsTestUser, type Cluster } from '../support/postgres.ts';
 import {
-  Cleanup, FULL, PGARK, chownTestUser, createWalRepo, insertRows, mkdirTestUser, parseWalKey, pgarkEnv, scratchDir, sha256, switchWal, waitArchived,
+  Cleanup, FULL, PGARK, chownTestUser, createWalRepo, findProcesses, insertRows, mkdirTestUser, parseWalKey, pgarkEnv, scratchDir, sha256, switchWal,
+  waitArchived, waitFor,
   type WalRepo,
 } from '../support/wal.ts';
 
@@ -223,4 +224,44 @@ test(`wal-push SIGKILLed at random moments (${TRIALS} trials) never marks or sho
     `calls for marked files: ${outcomes.fastKilled} killed, ${outcomes.fastCompleted} completed; ${outcomes.markersChecked} markers checked; ` +
     `re-running wal-push for all ${SEGMENTS} files (4 at a time) took ${rerunMs} ms`);
   assert.ok(outcomes.uploadKilled >= TRIALS / 4, `many uploading calls were killed before they exited (${outcomes.uploadKilled}/${TRIALS}): the kill window matches the run time`);
+});
+
+// Known gap (a TODO, so it does not fail the run): WAL objects larger than part-size go up as
+// multipart uploads, and a wal-push killed between CreateMultipartUpload and Complete leaves
+// the upload open; the retry stores the object under a new upload and nothing ever aborts the
+// old one (only a bucket lifecycle rule AbortIncompleteMultipartUpload would). With the default
+// part-size (8 MiB) this needs 16 MiB segments that compress badly.
+test('a wal-push SIGKILLed during a multipart upload leaves no open multipart upload once the file is archived', {
+  skip: skipServers(), timeout: 300_000,
+  todo: 'SIGKILL mid-multipart leaves an open upload: nothing aborts it after the retry succeeds',
+}, async (t) => {
+  const cleanup = new Cleanup(t);
+  const proxy = await startFaultProxy({ target: s3Env('rgw').endpoint });
+  cleanup.add('fault proxy', () => proxy.close());
+  const repo = await createWalRepo({ kind: 's3', endpoint: proxy.url, name: 'mpkill', settings: { 'part-size': '16KiB', 'archive-push-ahead': 0 } });
+  cleanup.add('repository', () => repo.cleanup());
+  const c = await createCluster({ walSegmentSizeMB: 1 });
+  cleanup.add('cluster', () => c.destroy());
+  await repo.init(c);
+  await insertRows(c, 1, 6000);
+  const name = await switchWal(c);
+  const dataDir = mkdirTestUser(path.join(repo.dir, 'data'));
+  mkdirTestUser(path.join(dataDir, 'pg_wal'));
+  fs.copyFileSync(path.join(c.dataDir, 'pg_wal', name), path.join(dataDir, 'pg_wal', name));
+  chownTestUser(path.join(dataDir, 'pg_wal', name));
+
+  proxy.setFaults({ latencyMs: 300 });
+  const killed = pushAndKill(repo, dataDir, name, 60_000);
+  await waitFor('the first part upload', () => proxy.log.some((r) => r.method === 'PUT' && r.url.includes('uploadId=')), 60_000);
+  for (const pid of findProcesses('wal-push', repo.configPath)) process.kill(pid, 'SIGKILL');
+  assert.equal((await killed).signal, 'SIGKILL');
+  proxy.setFaults({});
+  const open = await listOpenMultipartUploads(repo.bucket!.client, repo.bucket!.name);
+  assert.equal(open.length, 1, 'the kill left the upload open');
+
+  const out = await pushAndKill(repo, dataDir, name, null);
+  assert.equal(out.code, 0, out.stderr);
+  const v = await repo.pgark(['wal-verify', '--json']);
+  assert.equal(v.code, 0, v.stdout);
+  assert.deepEqual((await listOpenMultipartUploads(repo.bucket!.client, repo.bucket!.name)).map((u) => u.key), [], 'no open multipart upload left');
 });
