@@ -8,29 +8,23 @@ import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PgarkError } from '../errors.ts';
 import { log } from '../util/log.ts';
-import type { ByteRange, ObjectInfo, PutOptions, RetryPolicy, Storage } from './types.ts';
+import { DelegatingStorage } from './delegating.ts';
+import type { ByteRange, RetryPolicy, Storage } from './types.ts';
 
 /** Full-jitter exponential backoff: random in [0, min(cap, base·2^attempt)). */
 export function backoffMs(attempt: number, baseMs = 100, capMs = 20_000): number {
   return Math.random() * Math.min(capMs, baseMs * 2 ** attempt);
 }
 
-export class ResilientStorage implements Storage {
-  readonly description: string;
-  private readonly inner: Storage;
+export class ResilientStorage extends DelegatingStorage {
   private readonly policy: RetryPolicy;
 
   constructor(inner: Storage, policy: RetryPolicy) {
-    this.inner = inner;
+    super(inner);
     this.policy = policy;
-    this.description = inner.description;
   }
 
-  put(key: string, body: Readable | Buffer, options: PutOptions): Promise<{ size: number }> {
-    return this.inner.put(key, body, options);
-  }
-
-  async get(key: string, range?: ByteRange): Promise<Readable> {
+  override async get(key: string, range?: ByteRange): Promise<Readable> {
     const first = await this.inner.get(key, range);
     const inner = this.inner;
     const policy = this.policy;
@@ -56,21 +50,5 @@ export class ResilientStorage implements Storage {
       }
     }
     return Readable.from(resumingBody(), { objectMode: false, highWaterMark: 1 << 20 });
-  }
-
-  head(key: string): Promise<ObjectInfo | undefined> {
-    return this.inner.head(key);
-  }
-
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.inner.list(prefix);
-  }
-
-  delete(keys: readonly string[]): Promise<void> {
-    return this.inner.delete(keys);
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }

@@ -4,7 +4,8 @@
  */
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ByteRange, ObjectInfo, PutOptions, Storage } from './types.ts';
+import { DelegatingStorage } from './delegating.ts';
+import type { ByteRange, PutOptions, Storage } from './types.ts';
 
 /** Token bucket with a one-second burst. */
 export class TokenBucket {
@@ -35,18 +36,15 @@ export function throttleStream(bucket: TokenBucket): Transform {
   });
 }
 
-export class ThrottledStorage implements Storage {
-  readonly description: string;
-  private readonly inner: Storage;
+export class ThrottledStorage extends DelegatingStorage {
   private readonly bucket: TokenBucket;
 
   constructor(inner: Storage, bytesPerSecond: number) {
-    this.inner = inner;
+    super(inner);
     this.bucket = new TokenBucket(bytesPerSecond);
-    this.description = inner.description;
   }
 
-  async put(key: string, body: Readable | Buffer, options: PutOptions): Promise<{ size: number }> {
+  override async put(key: string, body: Readable | Buffer, options: PutOptions): Promise<{ size: number }> {
     if (Buffer.isBuffer(body)) {
       await this.bucket.take(body.length);
       return this.inner.put(key, body, options);
@@ -54,26 +52,10 @@ export class ThrottledStorage implements Storage {
     return this.inner.put(key, body.pipe(throttleStream(this.bucket)), options);
   }
 
-  async get(key: string, range?: ByteRange): Promise<Readable> {
+  override async get(key: string, range?: ByteRange): Promise<Readable> {
     const body = await this.inner.get(key, range);
     const throttled = throttleStream(this.bucket);
     body.on('error', (error) => throttled.destroy(error));
     return body.pipe(throttled);
-  }
-
-  head(key: string): Promise<ObjectInfo | undefined> {
-    return this.inner.head(key);
-  }
-
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.inner.list(prefix);
-  }
-
-  delete(keys: readonly string[]): Promise<void> {
-    return this.inner.delete(keys);
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
