@@ -15,7 +15,7 @@ import { test } from 'node:test';
 import { skipServers } from '../support/objstores.ts';
 import { createCluster, debianPgBin, type Cluster } from '../support/postgres.ts';
 import {
-  Cleanup, FULL, MATRIX, archiverStats, createWalRepo, insertRows, parseWalKey, readyFiles, sha256, sleep, switchWal, waitArchived, type WalRepo,
+  Cleanup, FULL, MATRIX, archiverStats, createWalRepo, parseJsonOutput, insertRows, parseWalKey, readyFiles, sha256, sleep, switchWal, waitArchived, type WalRepo,
 } from '../support/wal.ts';
 
 // PostgreSQL 18 by default (wal-replay runs 13, the other WAL tests the harness default, 15);
@@ -52,7 +52,7 @@ async function checkRepo(t: { diagnostic(m: string): void }, repo: WalRepo, c: C
   const label = repo.kind === 'file' ? 'file repo' : 'S3 repo (encrypted)';
   const v = await repo.pgark(['wal-verify', '--json']);
   assert.equal(v.code, 0, `${label}: wal-verify exit 0\n${v.stdout}\n${v.stderr}`);
-  const verify = JSON.parse(v.stdout) as VerifyJson;
+  const verify = parseJsonOutput<VerifyJson>(v, `${label}: wal-verify --json`);
   assert.equal(verify.ok, true);
   assert.equal(verify.checked, 'content');
   assert.deepEqual(verify.gaps, []);
@@ -64,10 +64,10 @@ async function checkRepo(t: { diagnostic(m: string): void }, repo: WalRepo, c: C
 
   const i = await repo.pgark(['info', '--json']);
   assert.equal(i.code, 0, i.stderr);
-  const info = JSON.parse(i.stdout) as {
+  const info = parseJsonOutput<{
     identity: { postgres: { systemIdentifier: string; majorVersion: number; walSegmentSize: number }; encryption: { recipients: string[] } };
     wal: { files: number; storedBytes: number; newestArchivedAt: string | null; timelines: unknown[]; conflicts: string[] };
-  };
+  }>(i, `${label}: info --json`);
   assert.equal(info.identity.postgres.systemIdentifier, sysid);
   assert.equal(info.identity.postgres.majorVersion, c.major);
   assert.equal(info.identity.postgres.walSegmentSize, SEGMENT);

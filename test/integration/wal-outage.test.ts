@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import { startFaultProxy } from '../support/fault-proxy.ts';
 import { s3Env, skipServers } from '../support/objstores.ts';
 import { createCluster } from '../support/postgres.ts';
-import { Cleanup, archiverStats, createWalRepo, insertRows, readyFiles, sleep, switchWal, waitArchived, waitFor } from '../support/wal.ts';
+import { Cleanup, archiverStats, createWalRepo, parseJsonOutput, insertRows, readyFiles, sleep, switchWal, waitArchived, waitFor } from '../support/wal.ts';
 
 interface VerifyJson {
   ok: boolean; files: number;
@@ -49,7 +49,7 @@ test('store outage: archive_command fails and PostgreSQL retries until the store
   };
   const verify = async () => {
     const r = await repo.pgark(['wal-verify', '--json']);
-    return { code: r.code, json: JSON.parse(r.stdout) as VerifyJson, stderr: r.stderr };
+    return { code: r.code, json: parseJsonOutput<VerifyJson>(r, 'wal-verify --json'), stderr: r.stderr };
   };
 
   // ---- archiving works ----

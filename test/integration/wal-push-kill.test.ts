@@ -21,7 +21,7 @@ import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.ts';
 import { createTestBucket, listOpenMultipartUploads, s3Env, skipServers, type TestBucket } from '../support/objstores.ts';
 import { createCluster, spawnAsTestUser, type Cluster } from '../support/postgres.ts';
 import {
-  Cleanup, FULL, PGARK, chownTestUser, createWalRepo, findProcesses, insertRows, mkdirTestUser, parseWalKey, pgarkEnv, scratchDir, sha256, switchWal,
+  Cleanup, FULL, PGARK, chownTestUser, createWalRepo, parseJsonOutput, findProcesses, insertRows, mkdirTestUser, parseWalKey, pgarkEnv, scratchDir, sha256, switchWal,
   waitArchived, waitFor,
   type WalRepo,
 } from '../support/wal.ts';
@@ -208,7 +208,7 @@ test(`wal-push SIGKILLed at random moments (${TRIALS} trials) never marks or sho
     if (final || readyOf(r).length === 0) {
       const v = await r.repo.pgark(['wal-verify', '--json']);
       assert.equal(v.code, 0, `round ${r.index}: wal-verify\n${v.stdout}${v.stderr}`);
-      const verify = JSON.parse(v.stdout) as { ok: boolean; files: number; gaps: unknown[]; unreadable: unknown[]; conflicts: unknown[] };
+      const verify = parseJsonOutput<{ ok: boolean; files: number; gaps: unknown[]; unreadable: unknown[]; conflicts: unknown[] }>(v, 'wal-verify --json');
       assert.deepEqual({ ok: verify.ok, files: verify.files, gaps: verify.gaps, unreadable: verify.unreadable, conflicts: verify.conflicts },
         { ok: true, files: SEGMENTS, gaps: [], unreadable: [], conflicts: [] });
     }

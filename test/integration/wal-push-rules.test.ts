@@ -18,7 +18,7 @@ import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { skipServers } from '../support/objstores.ts';
 import { createCluster, type Cluster } from '../support/postgres.ts';
 import {
-  Cleanup, chownTestUser, createWalRepo, insertRows, mkdirTestUser, parseWalKey, scratchDir, sha256, switchWal, waitArchived, walObjects, type RepoKind,
+  Cleanup, chownTestUser, createWalRepo, parseJsonOutput, insertRows, mkdirTestUser, parseWalKey, scratchDir, sha256, switchWal, waitArchived, walObjects, type RepoKind,
   type WalRepo,
 } from '../support/wal.ts';
 
@@ -184,7 +184,7 @@ for (const kind of ['file', 's3'] as RepoKind[]) {
     assert.ok(f.content?.equals(seg.content), 'the segment fetched byte-identical');
 
     let v = await repo.pgark(['wal-verify', '--json']);
-    let verify = JSON.parse(v.stdout) as { conflicts: string[]; unreadable: unknown[]; files: number; timelines: { timeline: number; partials: string[]; history: boolean }[] };
+    let verify = parseJsonOutput<{ conflicts: string[]; unreadable: unknown[]; files: number; timelines: { timeline: number; partials: string[]; history: boolean }[] }>(v, 'wal-verify --json');
     assert.deepEqual(verify.conflicts, [], 'refused pushes left no conflicting object');
     assert.deepEqual(verify.unreadable, []);
     assert.equal(verify.files, 4);
@@ -201,7 +201,7 @@ for (const kind of ['file', 's3'] as RepoKind[]) {
     }
     v = await repo.pgark(['wal-verify', '--json']);
     assert.equal(v.code, 2);
-    verify = JSON.parse(v.stdout);
+    verify = parseJsonOutput(v, 'wal-verify --json after the split brain');
     assert.deepEqual(verify.conflicts, [seg.name]);
     const human = await repo.pgark(['wal-verify']);
     assert.match(human.stdout, new RegExp(`^CONFLICT ${seg.name} is archived with different contents$`, 'm'));

@@ -18,7 +18,7 @@ import { test } from 'node:test';
 import { skipServers } from '../support/objstores.ts';
 import { createCluster, type Cluster } from '../support/postgres.ts';
 import {
-  Cleanup, MATRIX, copyDataDir, createWalRepo, emptyPgWal, insertRows, mkdirTestUser, sleep, stopPrefetchers, switchWal, tableChecksum, waitArchived, waitFor,
+  Cleanup, MATRIX, copyDataDir, createWalRepo, parseJsonOutput, emptyPgWal, insertRows, mkdirTestUser, sleep, stopPrefetchers, switchWal, tableChecksum, waitArchived, waitFor,
   type RepoKind, type WalRepo,
 } from '../support/wal.ts';
 
@@ -159,10 +159,10 @@ for (const v of VARIANTS) {
 
       const verify = await repo.pgark(['wal-verify', '--json']);
       assert.equal(verify.code, 0, `wal-verify after the timeline switch\n${verify.stdout}${verify.stderr}`);
-      const report = JSON.parse(verify.stdout) as {
+      const report = parseJsonOutput<{
         ok: boolean; gaps: unknown[]; conflicts: unknown[];
         timelines: { timeline: number; runs: { first: string; last: string }[]; partials: string[]; history: boolean }[];
-      };
+      }>(verify, 'wal-verify --json');
       assert.deepEqual(report.timelines.map((tl) => tl.timeline), [1, 2]);
       const [tl1, tl2] = report.timelines as [typeof report.timelines[0], typeof report.timelines[0]];
       assert.equal(tl2.history, true, '00000002.history archived');

@@ -86,6 +86,15 @@ export function pgarkEnv(extra: Record<string, string | undefined> = {}): Record
   return env;
 }
 
+/** JSON.parse of a command's stdout; on failure the error shows the exit code and stderr. */
+export function parseJsonOutput<T = unknown>(r: { code: number | null; stdout: string; stderr: string }, what: string): T {
+  try {
+    return JSON.parse(r.stdout) as T;
+  } catch {
+    throw new Error(`${what}: no JSON on stdout (exit ${r.code})\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+  }
+}
+
 export const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
 
 // ---------------------------------------------------------------------------------------------
