@@ -8,7 +8,7 @@
  * symlinks); tablespace links may only be pg_tblspc/<oid>, and their locations must be empty.
  */
 import { existsSync } from 'node:fs';
-import { appendFile, chmod, lstat, mkdir, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { CommandContext } from '../cli/context.ts';
 import { PgarkError } from '../errors.ts';
@@ -231,15 +231,22 @@ async function restoreLink(path: string, original: string, absolute: string, map
   return location;
 }
 
-/** Delta restore: files the backup does not have are removed (they would confuse recovery). */
+/**
+ * Delta restore: files the backup does not have are removed (they would confuse recovery), also
+ * inside tablespaces, through their pg_tblspc/<oid> links. At the top of a tablespace location
+ * only this cluster's PG_<version>_<catalog> directory is ours: other entries there (another
+ * major's directory, e.g. during pg_upgrade) are left alone.
+ */
 async function removeUnexpected(root: string, expected: Set<string>, relative = ''): Promise<void> {
+  const tablespaceTop = /^pg_tblspc\/\d+$/.test(relative);
   for (const name of await readdir(join(root, relative))) {
     const path = relative ? `${relative}/${name}` : name;
     if (expected.has(path)) {
       const info = await lstat(join(root, path));
-      if (info.isDirectory()) await removeUnexpected(root, expected, path);
+      if (info.isDirectory() || (info.isSymbolicLink() && /^pg_tblspc\/\d+$/.test(path))) await removeUnexpected(root, expected, path);
       continue;
     }
+    if (tablespaceTop) continue;
     await rm(join(root, path), { recursive: true, force: true });
   }
 }
@@ -264,7 +271,15 @@ async function writeRecoveryConfig(ctx: CommandContext, targetDir: string, targe
   // repository as if it were the original's; keep archiving as configured but say so.
   const autoConf = join(targetDir, 'postgresql.auto.conf');
   const lines = [`# added by pgark restore of backup ${backup.id} at ${new Date().toISOString()}`, ...settings.map(([k, v]) => `${k} = ${sqlString(v)}`)];
-  await appendFile(autoConf, '\n' + lines.join('\n') + '\n', { mode: 0o600 });
+  // A backup of a cluster that was itself restored carries that restore's settings (e.g.
+  // recovery_target_time and promote): left in place, a latest restore would stop at the old
+  // target, or fail with "multiple recovery targets". Disable them; ours follow.
+  const previous = await readFile(autoConf, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return '';
+    throw error;
+  });
+  const kept = previous.split('\n').map((line) => (/^\s*(restore_command|recovery_target\w*)\s*(=|\s|$)/.test(line) ? `# (disabled by pgark restore) ${line}` : line));
+  await writeFile(autoConf, kept.join('\n').replace(/\n*$/, '\n') + '\n' + lines.join('\n') + '\n', { mode: 0o600 });
   const signal = options.standby ? 'standby.signal' : 'recovery.signal';
   await writeFile(join(targetDir, signal), '', { mode: 0o600 });
   const existing = await readFile(autoConf, 'utf8');
