@@ -66,7 +66,17 @@ function planRanges(blobs: Iterable<{ packId: string; offset: number; length: nu
 async function fetchRange(repo: Repository, range: Range): Promise<Buffer> {
   if (!isValidPackId(range.packId)) throw new PgarkError('INTEGRITY', `invalid pack id "${range.packId}" in a manifest`, { hint: 'the repository has been tampered with or is damaged' });
   const chunks: Buffer[] = [];
-  for await (const chunk of await repo.storage.get(packKey(range.packId), { start: range.start, end: range.end - 1 })) chunks.push(chunk as Buffer);
+  let body;
+  try {
+    body = await repo.storage.get(packKey(range.packId), { start: range.start, end: range.end - 1 });
+  } catch (error) {
+    // A missing pack is damage to the repository, not a "not found" the caller could fix.
+    if (error instanceof PgarkError && error.code === 'NOT_FOUND') {
+      throw new PgarkError('INTEGRITY', `pack ${range.packId}, which the backup's manifest references, is missing from the repository`, { hint: 'the repository has been damaged (or the pack deleted by hand); restore another backup that does not reference it (--set)', cause: error });
+    }
+    throw error;
+  }
+  for await (const chunk of body) chunks.push(chunk as Buffer);
   const data = Buffer.concat(chunks);
   if (data.length !== range.end - range.start) {
     throw new PgarkError('INTEGRITY', `pack ${range.packId} is shorter than its manifest says (wanted bytes ${range.start}-${range.end - 1})`, { hint: 'the pack was truncated or replaced' });
