@@ -159,7 +159,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     const stopLsn = parseLsn(stop.stopLsn);
     const startWal = segmentName(start.timeline, segmentNumberOfLsn(startLsn, segmentSize), segmentSize);
     const stopWal = segmentName(start.timeline, segmentNumberOfLsn(stopLsn - 1n, segmentSize), segmentSize);
-    await waitForWal(repo, startWal, stopWal, segmentSize, config['archive-timeout'], ctx.signal);
+    await waitForWal(repo, startWal, stopWal, segmentSize, config['archive-timeout'], ctx.signal, info.inRecovery);
 
     await packs.finish();
     const manifestBytes = await manifest.finish();
@@ -219,7 +219,7 @@ export async function run(ctx: CommandContext): Promise<number> {
 }
 
 /** Waits until every segment from startWal to stopWal is in the archive. */
-async function waitForWal(repo: Repository, startWal: string, stopWal: string, segmentSize: number, timeoutMs: number, signal: AbortSignal): Promise<void> {
+async function waitForWal(repo: Repository, startWal: string, stopWal: string, segmentSize: number, timeoutMs: number, signal: AbortSignal, fromStandby: boolean): Promise<void> {
   const { parseWalFileName, segmentNumber } = await import('../postgres/wal.ts');
   const first = parseWalFileName(startWal)!;
   const last = parseWalFileName(stopWal)!;
@@ -233,7 +233,10 @@ async function waitForWal(repo: Repository, startWal: string, stopWal: string, s
     if (missing.length === 0) return;
     if (Date.now() > deadline) {
       throw new PgarkError('STORAGE', `the WAL this backup needs is not archived: ${missing[0]}${missing.length > 1 ? ` and ${missing.length - 1} more` : ''} missing after ${Math.round(timeoutMs / 1000)}s`, {
-        hint: "check that archive_command = 'pgark wal-push %p' works (pgark check; pg_stat_archiver); the backup was not recorded",
+        // A standby cannot switch WAL: its stop segment is archived once the primary fills it.
+        hint: fromStandby
+          ? 'backing up a standby: the last segment is archived only when the primary switches WAL; run SELECT pg_switch_wal() on the primary (or set its archive_timeout) while the backup waits; the backup was not recorded'
+          : "check that archive_command = 'pgark wal-push %p' works (pgark check; pg_stat_archiver); the backup was not recorded",
       });
     }
     signal.throwIfAborted();
