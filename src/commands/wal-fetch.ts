@@ -76,6 +76,9 @@ export async function run(ctx: CommandContext): Promise<number> {
   }
   if (!content) {
     log.debug(`${name} is not in the archive`);
+    // Replay reached the end of the archive: segments prefetched before this one (a prefetch
+    // that finished after its segment was fetched directly) will not be asked for again.
+    if (file.kind === 'segment') await spool.removeFetchedBefore(name);
     return 1;
   }
   const temp = join(dirname(target), `.pgark-${randomBytes(4).toString('hex')}`);

@@ -98,6 +98,14 @@ export class Spool {
     return join(this.root, 'fetched', name);
   }
 
+  /** Removes prefetched segments that sort before `name` (older, or an earlier timeline). */
+  async removeFetchedBefore(name: string): Promise<void> {
+    const { readdir } = await import('node:fs/promises');
+    for (const entry of await readdir(join(this.root, 'fetched')).catch(() => [] as string[])) {
+      if (entry < name) await rm(join(this.root, 'fetched', entry), { force: true });
+    }
+  }
+
   async storeFetched(name: string, content: Buffer): Promise<void> {
     await this.writeAtomic(join('fetched', name), content);
   }
