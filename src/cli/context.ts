@@ -9,8 +9,10 @@ export interface CommandContext {
   /** The configuration; commands that do not use it get the defaults. */
   loaded: LoadedConfig;
   json: boolean;
-  /** The --config and setting flags of this invocation, to pass on to a child pgark process. */
+  /** The --config and non-secret setting flags of this invocation, for a child pgark process. */
   forwardArgs: string[];
+  /** Secret settings given as flags, as PGARK_* variables for a child's environment. */
+  forwardEnv: Record<string, string>;
   /** Aborted on SIGINT/SIGTERM: commands stop and clean up (no open uploads left). */
   signal: AbortSignal;
 }

@@ -4,7 +4,7 @@
  */
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
 import { loadConfig } from '../config/load.ts';
-import { SETTINGS } from '../config/settings.ts';
+import { envNameOf, SETTINGS, SETTINGS_BY_KEY } from '../config/settings.ts';
 import { PgarkError } from '../errors.ts';
 import { configureLogger } from '../util/log.ts';
 import { COMMANDS, findCommand, type CommandSpec } from './commands.ts';
@@ -108,17 +108,21 @@ export async function runCli(argv: string[]): Promise<number> {
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
 
+    // Settings given as flags are passed on to child pgark processes: as flags, except secrets,
+    // which go through the environment (a command line is visible to every user in `ps`).
     const forwardArgs: string[] = values.config ? ['--config', values.config as string] : [];
+    const forwardEnv: Record<string, string> = {};
     for (const [key, value] of Object.entries(flags)) {
       if (value === undefined) continue;
-      if (typeof value === 'boolean') forwardArgs.push(value ? `--${key}` : '');
+      if (SETTINGS_BY_KEY.get(key)?.secret) forwardEnv[envNameOf(key)] = [value].flat().join(',');
+      else if (typeof value === 'boolean') forwardArgs.push(value ? `--${key}` : '');
       else for (const item of [value].flat()) forwardArgs.push(`--${key}`, item);
     }
 
     const command = await spec.load();
     let code: number | void;
     try {
-      code = await command.run({ args: positionals, options: commandOptions, loaded, json: Boolean(values.json), signal: controller.signal, forwardArgs: forwardArgs.filter(Boolean) });
+      code = await command.run({ args: positionals, options: commandOptions, loaded, json: Boolean(values.json), signal: controller.signal, forwardArgs: forwardArgs.filter(Boolean), forwardEnv });
     } catch (error) {
       // Whatever broke because of the signal (an aborted request, a destroyed pipeline), the
       // user interrupted us: say that, with exit status 130.

@@ -255,6 +255,9 @@ async function writeRecoveryConfig(ctx: CommandContext, targetDir: string, targe
   const options = ctx.options;
   const restoreCommand = (options['restore-command'] as string | undefined)
     ?? [process.execPath, process.argv[1]!, 'wal-fetch', '%f', '%p', ...ctx.forwardArgs].map((part) => (part === '%f' || part === '%p' ? part : shellQuote(part))).join(' ');
+  if (!options['restore-command'] && Object.keys(ctx.forwardEnv).length > 0) {
+    log.warn(`restore_command does not carry secret settings given as flags (${Object.keys(ctx.forwardEnv).join(', ')}): give them to PostgreSQL through the config file or its environment`);
+  }
   const settings: [string, string][] = [['restore_command', restoreCommand]];
   switch (target.kind) {
     case 'time': settings.push(['recovery_target_time', target.value!]); break;

@@ -48,7 +48,7 @@ function startPrefetch(ctx: CommandContext, after: string): void {
   const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, 'wal-prefetch', after, ...ctx.forwardArgs], {
     detached: true,
     stdio: 'ignore',
-    env: process.env,
+    env: { ...process.env, ...ctx.forwardEnv },
   });
   child.on('error', () => {});
   child.unref();
