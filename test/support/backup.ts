@@ -29,6 +29,7 @@ export interface BackupJson {
   startedAt: string;
   stoppedAt: string;
   fromStandby: boolean;
+  manifestKey: string;
   packs: string[];
   files: number;
   size: number;
