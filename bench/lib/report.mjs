@@ -98,6 +98,10 @@ function ratiosOf(tools) {
 
 const verdict = (r) => (r === undefined ? '' : r <= 0.95 ? `pgark ${fmt(1 / r)}× faster` : r >= 1.05 ? `pgark ${fmt(r)}× slower` : 'same (±5 %)');
 
+const TABLE_TITLES = {
+  calls: 'Per-call latency of the archive_command during the WAL push runs (ms)',
+  live: 'Live: PostgreSQL\'s archiver running the tool while pgbench writes WAL',
+};
 const TITLES = {
   codec: 'Codecs: pgark put/get (file:// repo on tmpfs) vs the stock CLIs, same data',
   s3: 'S3 (Ceph RGW, http, tcp_nodelay=1): pgark put/get vs aws s3 cp',
@@ -105,6 +109,7 @@ const TITLES = {
   startup: 'Start-up time (wall in ms)',
   walpush: 'WAL archiving: archive_command per staged segment, in order, like PostgreSQL\'s archiver',
   'walpush-call': 'wal-push per call (ms): one call per segment',
+  walreplay: 'WAL replay: cold copy + recovery.signal + restore_command, seconds until the server is up (CPU includes the replica\'s own redo)',
 };
 
 const json = { name, meta, sections: {}, tables: {} };
@@ -162,11 +167,13 @@ for (const [section, cases] of sections) {
 // ---- side tables: NAME-<table>.tsv, printed as they are (plus medians per variant) ----
 for (const file of readdirSync(resultsDir).filter((f) => f.startsWith(`${name}-`) && f.endsWith('.tsv')).sort()) {
   const table = file.slice(name.length + 1, -4);
+  // NAME-quick.tsv, NAME-quick-calls.tsv ... belong to another run (NAME-quick), not to this one
+  if (!/^[a-z]+$/.test(table) || existsSync(join(resultsDir, `${name}-${table}.meta.json`))) continue;
   const t = readTsv(join(resultsDir, file));
   json.tables[table] = t;
   if (t.length === 0) continue;
   const cols = Object.keys(t[0]).filter((c) => c !== 'ts');
-  md.push(`## ${table}`, '', `| ${cols.join(' | ')} |`, `|${cols.map(() => '---').join('|')}|`);
+  md.push(`## ${TABLE_TITLES[table] ?? table}`, '', `| ${cols.join(' | ')} |`, `|${cols.map(() => '---').join('|')}|`);
   for (const r of t) md.push(`| ${cols.map((c) => r[c]).join(' | ')} |`);
   md.push('');
   const key = cols.includes('variant') ? 'variant' : undefined;
