@@ -160,6 +160,8 @@ fi
 # ---------------------------------------------------------------------------------------------
 if has s3 || has big; then start_rgw; fi
 PGARK_S3=(--s3-endpoint "$S3_URL")
+# the data object of stream $1 in the pipeline repo, as bucket/key (from our RGW's request log)
+datakey() { grep -o "\"PUT /$BUCKET_PGARK/pipeline/streams/$1/data-[^?\" ]*" "$RGW_DIR/log/client.rgw.0.log" | tail -1 | sed 's|^"PUT /||'; }
 if has s3; then
   R="s3://$BUCKET_PGARK/pipeline"; A="s3://$BUCKET_PGARK/awscli"
   for run in $(seq "$RUNS"); do
@@ -191,7 +193,6 @@ fi
 if has big; then
   R="s3://$BUCKET_PGARK/pipeline"; A="s3://$BUCKET_PGARK/awscli"
   BIG_HEAD="head -c $BIG_SIZE /dev/urandom"
-  datakey() { grep -o "\"PUT /$BUCKET_PGARK/pipeline/streams/$1/data-[^?\" ]*" "$RGW_DIR/log/client.rgw.0.log" | tail -1 | sed 's|^"PUT /||'; }
   for ps in $BIG_PART_SIZES; do
     s3_rm "$R/"
     M_OUT="$TMPD/big-put.out" measure -- bash -c "set -o pipefail; $BIG_HEAD | tee >(sha256sum | cut -c1-64 > $TMPD/big-in.sha) | \"$PGARK\" put big --repo $R ${PGARK_S3[*]} --compression none --part-size $ps"
