@@ -147,6 +147,26 @@ export const COMMANDS: readonly CommandSpec[] = [
     load: () => import('../commands/wal-verify.ts'),
   },
   {
+    name: 'verify',
+    summary: 'Check that every backup and the WAL it needs are stored intact; report what is no longer recoverable',
+    usage: 'pgark verify [--quick | --full] [--json]',
+    description:
+      'Checks every backup: its summary and manifest, that every pack it references exists and is long enough,\n' +
+      'and downloads and decodes every referenced blob (checksums); checks the WAL archive for gaps from each\n' +
+      "backup's start to the newest segment of its timeline, and decodes every WAL file against its SHA-256.\n" +
+      'What it found intact is recorded in the repository (verify/), and the next run reads only packs and WAL\n' +
+      'files that are new or changed. Reports each broken backup and the time ranges no longer recoverable;\n' +
+      'exits 2 on any problem.',
+    positionals: { min: 0, max: 0 },
+    options: {
+      quick: { type: 'boolean', description: 'Only list and compare sizes (existence, continuity), download no data' },
+      full: { type: 'boolean', description: 'Recheck everything, also what earlier runs verified' },
+      json: JSON_OPTION,
+    },
+    usesConfig: true,
+    load: () => import('../commands/verify.ts'),
+  },
+  {
     name: 'info',
     summary: 'Show what the repository holds: cluster, WAL per timeline, streams',
     usage: 'pgark info [--json]',

@@ -13,6 +13,7 @@ import { open } from 'node:fs/promises';
 import { encodeBuffer, type WriteFormat } from '../pipeline/object-format.ts';
 import { isNewPage, pageChecksum, pageLsn, RELSEG_BLOCKS, storedChecksum } from '../postgres/page.ts';
 import type { Extent, ManifestEntry } from './backup-manifest.ts';
+import { blobChecksum, needsBlobChecksum } from './blob-check.ts';
 import type { PackWriter } from './packs.ts';
 import type { Semaphore } from '../util/concurrency.ts';
 
@@ -48,10 +49,10 @@ type FileEntry = Extract<ManifestEntry, { t: 'f' }>;
 export function sliceExtents(extents: readonly Extent[], from: number, count: number): Extent[] {
   const out: Extent[] = [];
   const end = from + count;
-  for (const [first, blocks, packId, offset, length, skip] of extents) {
+  for (const [first, blocks, packId, offset, length, skip, ...checksum] of extents) {
     const start = Math.max(first, from);
     const stop = Math.min(first + blocks, end);
-    if (start < stop) out.push([start, stop - start, packId, offset, length, skip + (start - first)]);
+    if (start < stop) out.push([start, stop - start, packId, offset, length, skip + (start - first), ...checksum]);
   }
   return out;
 }
@@ -94,11 +95,12 @@ class BlobBuilder {
       try {
         const encoded = await encodeBuffer(content, this.ctx.format);
         const { packId, offset, length } = await this.ctx.packs.add(encoded);
+        const checksum: [string?] = needsBlobChecksum(this.ctx.format) ? [blobChecksum(encoded)] : [];
         // One extent per run of consecutive block numbers inside the blob.
         let runStart = 0;
         for (let i = 1; i <= numbers.length; i++) {
           if (i === numbers.length || numbers[i] !== numbers[i - 1]! + 1) {
-            this.extents.push([numbers[runStart]!, i - runStart, packId, offset, length, runStart]);
+            this.extents.push([numbers[runStart]!, i - runStart, packId, offset, length, runStart, ...checksum]);
             runStart = i;
           }
         }

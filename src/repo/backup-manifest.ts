@@ -6,7 +6,9 @@
  * end line with backup_label and tablespace_map. A file's content is a list of extents, each
  * mapping a run of its 8 KiB blocks onto a run of blocks inside one stored blob:
  *
- *   [firstBlock, blockCount, packId, blobOffset, blobLength, firstBlockInBlob]
+ *   [firstBlock, blockCount, packId, blobOffset, blobLength, firstBlockInBlob, crc32?]
+ *
+ * (crc32: of the stored blob, only for encodings without a check of their own: blob-check.ts)
  *
  * Blobs are independently encoded (compressed, encrypted) pieces of up to 128 blocks, stored
  * back to back in pack objects; an incremental backup's unchanged blocks are extents pointing
@@ -21,7 +23,7 @@ import { runPipeline } from '../pipeline/run.ts';
 import { BACKUPS_PREFIX, backupIdOfSummaryKey, backupManifestKey, backupSummaryKey } from './layout.ts';
 import type { Repository } from './repository.ts';
 
-export type Extent = [firstBlock: number, blockCount: number, packId: string, blobOffset: number, blobLength: number, firstBlockInBlob: number];
+export type Extent = [firstBlock: number, blockCount: number, packId: string, blobOffset: number, blobLength: number, firstBlockInBlob: number, crc32?: string];
 
 export type ManifestEntry =
   | { t: 'd'; p: string; m: number }

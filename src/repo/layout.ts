@@ -101,3 +101,18 @@ export function isValidPackId(packId: string): boolean {
 export function packKey(packId: string): string {
   return `${PACKS_PREFIX}${packId.slice(0, 2)}/${packId}`;
 }
+
+// ---- verification results -------------------------------------------------------------------
+// verify/<run>.json.zst   what `pgark verify` found intact (cumulative); the newest one counts
+
+export const VERIFY_PREFIX = 'verify/';
+
+/** Run ids sort by time: "20261121T190000-1a2b3c4d". */
+export function verifyStateKey(run: string): string {
+  return `${VERIFY_PREFIX}${run}.json.zst`;
+}
+
+export function verifyRunOfKey(key: string): string | undefined {
+  const match = /^verify\/(\d{8}T\d{6}-[0-9a-f]{8})\.json\.zst$/.exec(key);
+  return match?.[1];
+}

@@ -9,9 +9,9 @@
 import { constants } from 'node:fs';
 import { open, utimes, type FileHandle } from 'node:fs/promises';
 import { PgarkError } from '../errors.ts';
-import { decodeBuffer } from '../pipeline/object-format.ts';
 import type { Semaphore } from '../util/concurrency.ts';
 import type { Extent, ManifestEntry } from './backup-manifest.ts';
+import { decodeBlob } from './blob-check.ts';
 import { isValidPackId, packKey } from './layout.ts';
 import type { Repository } from './repository.ts';
 
@@ -40,14 +40,23 @@ interface BlobUse {
   extent: Extent;
 }
 
-interface Range {
+export interface BlobRef {
+  packId: string;
+  offset: number;
+  length: number;
+  /** CRC-32 recorded in the manifest (blob-check.ts), when the encoding has no check. */
+  checksum?: string;
+}
+
+export interface Range {
   packId: string;
   start: number;
   end: number; // exclusive
-  blobs: { offset: number; length: number }[];
+  blobs: BlobRef[];
 }
 
-function planRanges(blobs: Iterable<{ packId: string; offset: number; length: number }>): Range[] {
+/** Groups blobs into ranged GETs: sorted by pack and offset, neighbours merged. */
+export function planRanges(blobs: Iterable<BlobRef>): Range[] {
   const sorted = [...blobs].sort((a, b) => (a.packId < b.packId ? -1 : a.packId > b.packId ? 1 : a.offset - b.offset));
   const ranges: Range[] = [];
   for (const blob of sorted) {
@@ -55,15 +64,16 @@ function planRanges(blobs: Iterable<{ packId: string; offset: number; length: nu
     const end = blob.offset + blob.length;
     if (last && last.packId === blob.packId && blob.offset - last.end <= RANGE_GAP_MAX && end - last.start <= RANGE_MAX) {
       last.end = Math.max(last.end, end);
-      last.blobs.push({ offset: blob.offset, length: blob.length });
+      last.blobs.push(blob);
     } else {
-      ranges.push({ packId: blob.packId, start: blob.offset, end, blobs: [{ offset: blob.offset, length: blob.length }] });
+      ranges.push({ packId: blob.packId, start: blob.offset, end, blobs: [blob] });
     }
   }
   return ranges;
 }
 
-async function fetchRange(repo: Repository, range: Range): Promise<Buffer> {
+/** Downloads one range; a missing or short pack is an INTEGRITY error. */
+export async function fetchRange(repo: Repository, range: Range): Promise<Buffer> {
   if (!isValidPackId(range.packId)) throw new PgarkError('INTEGRITY', `invalid pack id "${range.packId}" in a manifest`, { hint: 'the repository has been tampered with or is damaged' });
   const chunks: Buffer[] = [];
   let body;
@@ -87,11 +97,11 @@ async function fetchRange(repo: Repository, range: Range): Promise<Buffer> {
 /** Restores a batch of files; resolves when all are written (not yet fsynced: see syncFilesystems). */
 export async function restoreFiles(repo: Repository, files: readonly FileToRestore[], options: RestoreOptions): Promise<{ written: number }> {
   const uses = new Map<string, BlobUse[]>();
-  const blobs = new Map<string, { packId: string; offset: number; length: number }>();
+  const blobs = new Map<string, BlobRef>();
   files.forEach((file, index) => {
     for (const extent of file.entry.x) {
       const key = `${extent[2]}@${extent[3]}`;
-      if (!blobs.has(key)) blobs.set(key, { packId: extent[2], offset: extent[3], length: extent[4] });
+      if (!blobs.has(key)) blobs.set(key, { packId: extent[2], offset: extent[3], length: extent[4], ...(extent[6] ? { checksum: extent[6] } : {}) });
       let list = uses.get(key);
       if (!list) uses.set(key, (list = []));
       list.push({ file: index, extent });
@@ -111,13 +121,7 @@ export async function restoreFiles(repo: Repository, files: readonly FileToResto
         const key = packKey(range.packId);
         for (const blob of range.blobs) {
           const stored = data.subarray(blob.offset - range.start, blob.offset - range.start + blob.length);
-          let content: Buffer;
-          try {
-            content = await decodeBuffer(stored, key, options.identities);
-          } catch (error) {
-            if (error instanceof PgarkError) throw error;
-            throw new PgarkError('INTEGRITY', `a blob in pack ${range.packId} (offset ${blob.offset}) is damaged: ${(error as Error).message}`, { cause: error });
-          }
+          const content = await decodeBlob(stored, key, blob, options.identities);
           for (const { file, extent } of uses.get(`${range.packId}@${blob.offset}`)!) {
             const [first, count, , , , skip] = extent;
             const start = skip * options.blockSize;

@@ -1,0 +1,37 @@
+/**
+ * The integrity check of a stored blob. zstd frames carry a content checksum, gzip a CRC-32,
+ * lz4 frames block checksums and age a MAC per chunk, so decoding them detects damage. A blob
+ * stored with `compression: none` and no encryption is its plain bytes: nothing would notice
+ * a flipped bit. For those, the backup records a CRC-32 of the stored bytes as the optional
+ * 7th element of each extent (docs/FORMAT.md), and readers check it when present.
+ */
+import { crc32 } from 'node:zlib';
+import { PgarkError } from '../errors.ts';
+import type { WriteFormat } from '../pipeline/object-format.ts';
+import { decodeBuffer } from '../pipeline/object-format.ts';
+
+/** Whether blobs written in `format` need a recorded checksum (their encoding has none). */
+export function needsBlobChecksum(format: WriteFormat): boolean {
+  return format.codec === 'none' && format.recipients.length === 0;
+}
+
+/** CRC-32 (as in gzip and zlib) of the stored bytes, as 8 lower-case hex digits. */
+export function blobChecksum(stored: Buffer): string {
+  return crc32(stored).toString(16).padStart(8, '0');
+}
+
+/**
+ * Checks the recorded checksum (if any) and decodes one blob of pack `packKey`; damage is an
+ * INTEGRITY error naming the pack and offset.
+ */
+export async function decodeBlob(stored: Buffer, packKey: string, where: { packId: string; offset: number; checksum?: string }, identities: readonly string[]): Promise<Buffer> {
+  const damaged = (detail: string, cause?: unknown) =>
+    new PgarkError('INTEGRITY', `a blob in pack ${where.packId} (offset ${where.offset}) is damaged: ${detail}`, { cause });
+  if (where.checksum !== undefined && blobChecksum(stored) !== where.checksum) throw damaged('CRC-32 mismatch');
+  try {
+    return await decodeBuffer(stored, packKey, identities);
+  } catch (error) {
+    if (error instanceof PgarkError) throw error;
+    throw damaged((error as Error).message, error);
+  }
+}
