@@ -8,7 +8,7 @@
  * keeps the event loop free and uses more than one core. Memory stays bounded whatever the
  * input size: a few blocks in flight, and output waits for the reader (backpressure).
  *
- * We write one frame: a 7-byte header (independent 4 MiB blocks, block checksums), the blocks
+ * We write one frame: a 7-byte header (independent 256 KiB blocks, block checksums), the blocks
  * (a block that does not shrink is stored uncompressed), each followed by the xxHash32 of its
  * stored bytes, and the end mark. Block checksums rather than `lz4`'s default content
  * checksum: they catch damage to the stored bytes just as well (stock `lz4 -d` checks them
@@ -62,10 +62,12 @@ const BLOCK_SIZE_BY_CODE: ReadonlyMap<number, number> = new Map([
   [7, 4 * 1024 * 1024],
 ]);
 
+const DEFAULT_BLOCK_SIZE = 256 * 1024;
+
 export type Lz4BlockSize = 65536 | 262144 | 1048576 | 4194304;
 
 export interface Lz4CompressOptions {
-  /** Maximum uncompressed size of a block; default 4 MiB. */
+  /** Maximum uncompressed size of a block; default 256 KiB (see the header comment). */
   blockSize?: Lz4BlockSize;
   /** Follow each block with the xxHash32 of its stored bytes; default true. */
   blockChecksum?: boolean;
@@ -156,7 +158,7 @@ class Lz4CompressStream extends BackpressuredTransform {
 
   constructor(options: Lz4CompressOptions) {
     super();
-    const blockSize = options.blockSize ?? 4 * 1024 * 1024;
+    const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
     let code: number | undefined;
     for (const [c, size] of BLOCK_SIZE_BY_CODE) if (size === blockSize) code = c;
     if (code === undefined) throw new PgarkError('INTERNAL', `unsupported LZ4 block size ${blockSize}`);
