@@ -9,7 +9,8 @@
  *    streamed as files complete, in walk order (a bounded reorder window).
  * 3. pg_backup_stop; wait until the WAL from the start to the stop segment is in the archive.
  * 4. Wait for every pack and the manifest to be stored, then write backup.json: only now does
- *    the backup exist. An interrupted backup leaves unreferenced packs and no summary.
+ *    the backup exist. An interrupted backup leaves no summary, but the checkpoints it wrote
+ *    every backup-checkpoint-interval let the next backup resume it (repo/backup-resume.ts).
  */
 import type { CommandContext } from '../cli/context.ts';
 import { PgarkError } from '../errors.ts';
@@ -18,6 +19,7 @@ import { clusterInfo, connect } from '../postgres/connection.ts';
 import { comparePaths, walkDataDirectory, type DataEntry } from '../postgres/pgdata.ts';
 import { parseLsn, segmentName, segmentNumberOfLsn } from '../postgres/wal.ts';
 import { backupFile, type FileBackupResult } from '../repo/backup-files.ts';
+import { CheckpointWriter, findResumableBackup, readCheckpointEntries, removeResumeRecords, writeBackupStart, type ResumableBackup } from '../repo/backup-resume.ts';
 import { listBackups, ManifestWriter, readManifest, writeBackupSummary, type BackupSummary, type ManifestEntry } from '../repo/backup-manifest.ts';
 import { walDirectoryOf } from '../repo/layout.ts';
 import { PackWriter } from '../repo/packs.ts';
@@ -97,13 +99,20 @@ export async function run(ctx: CommandContext): Promise<number> {
     let idTime = start.startedAt.getTime();
     while (taken.has(backupId(type, new Date(idTime)).slice(0, 15))) idTime += 1000;
     const id = backupId(type, new Date(idTime));
-    log.info(`backup ${id} started`, { type, base: base?.id, startLsn: start.startLsn, timeline: start.timeline, pgdata });
+    // --full stands alone: it neither references the last backup nor resumes an interrupted one.
+    const resumable: ResumableBackup | undefined = ctx.options.full ? undefined : await findResumableBackup(repo, { newerThan: all.at(-1)?.id, systemIdentifier: info.systemIdentifier, timeline: start.timeline });
+    log.info(`backup ${id} started`, { type, base: base?.id, resumes: resumable?.start.id, startLsn: start.startLsn, timeline: start.timeline, pgdata });
+    await writeBackupStart(repo, { format: 1, id, systemIdentifier: info.systemIdentifier, timeline: start.timeline, startLsn: start.startLsn, startedAt: start.startedAt.toISOString() });
 
     const format = await repo.writeFormat();
     packs = new PackWriter(repo, format, { targetSize: 16 * 1024 * 1024, maxUploads: 2, signal: ctx.signal });
     manifest = await ManifestWriter.open(repo, id, format, ctx.signal);
+    const checkpoints = new CheckpointWriter(repo, id, format, packs, config['backup-checkpoint-interval']);
     const cursor = base ? new BaseManifestCursor(readManifest(repo, base) as AsyncIterable<{ t: string; p?: string }>) : undefined;
+    const resumeCursor = resumable ? new BaseManifestCursor(readCheckpointEntries(repo, resumable)) : undefined;
     const fileContext = { blockSize, encoders: new Semaphore(config['process-max']), format, packs, baseStartLsn: base ? parseLsn(base.startLsn) : undefined, verifyChecksumsBefore: dataChecksums ? startLsn : undefined, signal: ctx.signal };
+    // A file the interrupted backup stored is compared with its checkpoint entry instead.
+    const resumeContext = resumable ? { ...fileContext, baseStartLsn: parseLsn(resumable.start.startLsn) } : undefined;
 
     const progress = createProgress(`backup ${id}`);
     const totals = { files: 0, size: 0, blocksStored: 0, blocksReferenced: 0 };
@@ -115,7 +124,10 @@ export async function run(ctx: CommandContext): Promise<number> {
     const maxInFlight = Math.max(2, config['process-max'] * 2);
     const drainOne = async () => {
       const entry = await window.shift()!;
-      if (entry) await manifest!.write(entry);
+      if (!entry) return;
+      await manifest!.write(entry);
+      checkpoints.add(entry);
+      await checkpoints.maybeCheckpoint();
     };
     for await (const item of walkDataDirectory(pgdata)) {
       ctx.signal.throwIfAborted();
@@ -126,8 +138,9 @@ export async function run(ctx: CommandContext): Promise<number> {
         pending = Promise.resolve({ t: 'l', p: item.path, target: item.target });
       } else {
         const file = item as Extract<DataEntry, { type: 'file' }>;
-        const baseEntry = cursor ? await cursor.seek(file.path) : undefined;
-        pending = backupFile(file, baseEntry, fileContext).then((result: FileBackupResult) => {
+        const resumedEntry = resumeCursor ? await resumeCursor.seek(file.path) : undefined;
+        const baseEntry = resumedEntry ?? (cursor ? await cursor.seek(file.path) : undefined);
+        pending = backupFile(file, baseEntry, resumedEntry ? resumeContext! : fileContext).then((result: FileBackupResult) => {
           totals.files++;
           totals.size += result.bytesRead;
           totals.blocksStored += result.blocksStored;
@@ -168,6 +181,7 @@ export async function run(ctx: CommandContext): Promise<number> {
       id,
       type,
       base: base?.id ?? null,
+      ...(resumable ? { resumedFrom: resumable.start.id } : {}),
       systemIdentifier: info.systemIdentifier,
       pgMajor: info.majorVersion,
       timeline: start.timeline,
@@ -192,9 +206,11 @@ export async function run(ctx: CommandContext): Promise<number> {
       pageChecksumErrors: checksumErrors,
     };
     await writeBackupSummary(repo, summary);
+    await removeResumeRecords(repo, id, resumable?.start.id);
     const seconds = summary.durationMs / 1000;
     log.info(`backup ${id} complete`, {
       type,
+      resumedFrom: summary.resumedFrom,
       duration: formatDuration(summary.durationMs),
       size: formatBytes(summary.size),
       stored: formatBytes(summary.storedBytes),

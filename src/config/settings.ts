@@ -19,7 +19,7 @@ export interface SettingSpec {
   readonly default?: string | number | boolean;
   /** Never logged or printed; `pgark config` shows "(set)" instead. */
   readonly secret?: boolean;
-  readonly group: 'repository' | 's3' | 'azure' | 'encryption' | 'postgres' | 'archive' | 'performance' | 'logging';
+  readonly group: 'repository' | 's3' | 'azure' | 'encryption' | 'postgres' | 'archive' | 'backup' | 'performance' | 'logging';
 }
 
 const STORAGE_CLASS_NOTE = 'S3 storage class; empty = the bucket default';
@@ -75,6 +75,8 @@ export const SETTINGS = [
   { key: 'archive-queue-max', group: 'archive', type: { kind: 'size' }, default: 0, description: 'When the store is unreachable and more WAL than this waits in pg_wal, wal-push drops it (reports success) to keep PostgreSQL from filling its disk. Breaks point-in-time recovery until the next backup. 0 = never drop' },
   { key: 'archive-timeout', group: 'archive', type: { kind: 'duration' }, default: '60s', description: 'How long a backup waits for the WAL it needs to reach the archive' },
   { key: 'wal-prefetch', group: 'archive', type: { kind: 'integer', min: 0, max: 256 }, default: 8, description: 'wal-fetch downloads this many following segments ahead, in the background' },
+
+  { key: 'backup-checkpoint-interval', group: 'backup', type: { kind: 'duration' }, default: '60s', description: 'How often a running backup records what it has stored, so that a backup interrupted by a crash or kill is resumed by the next one without uploading it again (0 = never)' },
 
   { key: 'log-level', group: 'logging', type: { kind: 'enum', values: ['debug', 'info', 'warn', 'error'] }, default: 'info', description: 'Least severe level logged' },
   { key: 'log-format', group: 'logging', type: { kind: 'enum', values: ['auto', 'text', 'json'] }, default: 'auto', description: 'auto: text on a terminal, JSON lines otherwise' },

@@ -41,6 +41,8 @@ const BackupSummarySchema = z.object({
   id: z.string(),
   type: z.enum(['full', 'incremental']),
   base: z.string().nullable(),
+  /** The interrupted backup whose stored files this one reused (backup-resume.ts). */
+  resumedFrom: z.string().optional(),
   systemIdentifier: z.string(),
   pgMajor: z.number().int(),
   timeline: z.number().int(),

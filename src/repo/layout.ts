@@ -86,6 +86,28 @@ export function backupManifestKey(id: string, suffix: string): string {
   return `${BACKUPS_PREFIX}${id}/manifest.jsonl${suffix}`;
 }
 
+/** Written when a backup starts: lets the next backup resume an interrupted one. */
+export function backupStartKey(id: string): string {
+  return `${BACKUPS_PREFIX}${id}/start.json`;
+}
+
+/** Checkpoint n (from 1) of a running backup: the files stored since checkpoint n-1. */
+export function backupCheckpointKey(id: string, n: number, suffix: string): string {
+  return `${BACKUPS_PREFIX}${id}/partial-${String(n).padStart(6, '0')}.jsonl${suffix}`;
+}
+
+/** The backup id and checkpoint number of a checkpoint key, or undefined. */
+export function parseBackupCheckpointKey(key: string): { id: string; n: number } | undefined {
+  const match = /^backups\/(\d{8}T\d{6}[FI])\/partial-(\d{6})\.jsonl(?:\.zst|\.lz4|\.gz)?(?:\.age)?$/.exec(key);
+  return match ? { id: match[1]!, n: Number(match[2]) } : undefined;
+}
+
+/** The backup id of any key under backups/, or undefined. */
+export function backupIdOfKey(key: string): string | undefined {
+  const match = /^backups\/(\d{8}T\d{6}[FI])\//.exec(key);
+  return match?.[1];
+}
+
 export function backupIdOfSummaryKey(key: string): string | undefined {
   const match = /^backups\/(\d{8}T\d{6}[FI])\/backup\.json$/.exec(key);
   return match?.[1];

@@ -24,6 +24,8 @@ export class PackWriter {
   private readonly signal: AbortSignal | undefined;
   private current: { id: string; chunks: Buffer[]; size: number } | undefined;
   private readonly uploads = new Set<Promise<void>>();
+  /** Packs sealed and not yet stored: waiting for an upload slot or uploading. */
+  private readonly sealed = new Set<Promise<void>>();
   private failure: { error: unknown } | undefined;
   readonly packs: string[] = [];
   storedBytes = 0;
@@ -51,16 +53,50 @@ export class PackWriter {
     const pack = this.current;
     this.current = undefined;
     if (!pack || pack.size === 0) return;
-    while (this.uploads.size >= this.maxUploads) await Promise.race(this.uploads);
+    // Registered before waiting for an upload slot, so that flush() sees this pack too.
+    const sealed = this.upload(pack);
+    this.sealed.add(sealed);
+    void sealed.then(() => this.sealed.delete(sealed));
+    await sealed.started;
+  }
+
+  private upload(pack: { id: string; chunks: Buffer[]; size: number }): Promise<void> & { started: Promise<void> } {
+    let markStarted!: () => void;
+    const started = new Promise<void>((resolve) => (markStarted = resolve));
+    // Never rejects: a failure is recorded and thrown by the next add(), flush() or finish().
+    const done = (async () => {
+      try {
+        try {
+          while (this.uploads.size >= this.maxUploads) await Promise.race(this.uploads);
+          this.throwIfFailed();
+        } finally {
+          markStarted();
+        }
+        this.packs.push(pack.id);
+        const upload = this.repo.storage
+          // As a stream of the blobs: no second copy of the whole pack in memory.
+          .put(packKey(pack.id), Readable.from(pack.chunks), { kind: 'data', signal: this.signal })
+          .then(() => { this.storedBytes += pack.size; })
+          .finally(() => this.uploads.delete(upload));
+        upload.catch(() => {}); // awaited below; a slot waiter above only needs it to settle
+        this.uploads.add(upload);
+        await upload;
+      } catch (error) {
+        this.failure ??= { error };
+      }
+    })();
+    return Object.assign(done, { started });
+  }
+
+  /**
+   * Seals the current pack and waits until it and every pack sealed before are stored: every
+   * blob added before the call is then durable (a backup checkpoint may reference it).
+   */
+  async flush(): Promise<void> {
+    const pending = [...this.sealed];
+    await this.seal();
+    await Promise.all([...pending, ...this.sealed]);
     this.throwIfFailed();
-    this.packs.push(pack.id);
-    const upload = this.repo.storage
-      // As a stream of the blobs: no second copy of the whole pack in memory.
-      .put(packKey(pack.id), Readable.from(pack.chunks), { kind: 'data', signal: this.signal })
-      .then(() => { this.storedBytes += pack.size; })
-      .catch((error: unknown) => { this.failure ??= { error }; })
-      .finally(() => this.uploads.delete(upload));
-    this.uploads.add(upload);
   }
 
   private throwIfFailed(): void {
@@ -69,13 +105,11 @@ export class PackWriter {
 
   /** Uploads the last pack and waits for every upload. */
   async finish(): Promise<void> {
-    await this.seal();
-    await Promise.all(this.uploads);
-    this.throwIfFailed();
+    await this.flush();
   }
 
   /** Waits for running uploads to settle (after a failure elsewhere), ignoring their errors. */
   async settle(): Promise<void> {
-    await Promise.allSettled([...this.uploads]);
+    await Promise.all([...this.sealed]);
   }
 }
