@@ -17,6 +17,7 @@ export type PgarkErrorCode =
   | 'CRYPTO'          // key files, recipients, decryption
   | 'REPO_MISMATCH'   // repository belongs to another cluster
   | 'POSTGRES'        // database connection or query failed
+  | 'LOCKED'          // another pgark process holds the repository lock
   | 'INTERNAL';
 
 export class PgarkError extends Error {

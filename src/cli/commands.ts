@@ -73,6 +73,36 @@ export const COMMANDS: readonly CommandSpec[] = [
     load: () => import('../commands/backup.ts'),
   },
   {
+    name: 'expire',
+    summary: 'Delete backups, packs and WAL the retention policy no longer needs',
+    usage: 'pgark expire [--retain N] [--retain-full N] [--retain-window 14d] [--dry-run] [--json]',
+    description:
+      'Keeps the newest N backups (retain), the newest N full backups and all after them (retain-full), and\n' +
+      'whatever restores to any point of the recent window (retain-window), as a union, plus backups marked\n' +
+      'to keep; deletes the other backups, packs no kept backup references, WAL no kept backup needs and\n' +
+      'unfinished backups. Takes the repository lock: never runs during a backup; wal-push goes on.',
+    positionals: { min: 0, max: 0 },
+    options: {
+      'dry-run': { type: 'boolean', description: 'Show what would be deleted and how many bytes; delete nothing' },
+      json: JSON_OPTION,
+    },
+    usesConfig: true,
+    load: () => import('../commands/expire.ts'),
+  },
+  {
+    name: 'keep',
+    summary: 'Mark a backup to be kept by retention (or --off to unmark it)',
+    usage: 'pgark keep [--off] ID',
+    description: 'Adds a marker object (backup.json is never rewritten). expire never deletes a kept backup.',
+    positionals: { min: 1, max: 1 },
+    options: {
+      off: { type: 'boolean', description: 'Remove the mark: retention decides again' },
+      json: JSON_OPTION,
+    },
+    usesConfig: true,
+    load: () => import('../commands/keep.ts'),
+  },
+  {
     name: 'restore',
     summary: 'Restore a backup and configure recovery to the latest state or a target',
     usage: 'pgark restore --target-dir DIR [--target-time T | --target-lsn L | --target-xid X | --target-name N | --target-immediate]',

@@ -23,6 +23,7 @@ import { CheckpointWriter, findResumableBackup, readCheckpointEntries, removeRes
 import { listBackups, ManifestWriter, readManifest, writeBackupSummary, type BackupSummary, type ManifestEntry } from '../repo/backup-manifest.ts';
 import { walDirectoryOf } from '../repo/layout.ts';
 import { PackWriter } from '../repo/packs.ts';
+import { RepositoryLock } from '../repo/lock.ts';
 import { Repository } from '../repo/repository.ts';
 import { listWalObjects } from '../repo/wal-archive.ts';
 import { Semaphore } from '../util/concurrency.ts';
@@ -70,7 +71,19 @@ export async function run(ctx: CommandContext): Promise<number> {
   const { config } = ctx.loaded;
   const repo = await Repository.open(ctx.loaded, { requireInit: true });
   const identity = repo.identity!;
-  const client = await connect(config);
+  // Shared: backups may run side by side, but never during expire (which could delete the base's packs).
+  let lock: RepositoryLock;
+  try {
+    lock = await RepositoryLock.acquire(repo, 'shared', 'pgark backup', { leaseMs: config['lock-lease'], waitMs: config['lock-wait'], signal: ctx.signal });
+  } catch (error) {
+    await repo.close();
+    throw error;
+  }
+  const client = await connect(config).catch(async (error: unknown) => {
+    await lock.release();
+    await repo.close();
+    throw error;
+  });
   let backupRunning = false;
   let packs: PackWriter | undefined;
   let manifest: ManifestWriter | undefined;
@@ -205,6 +218,8 @@ export async function run(ctx: CommandContext): Promise<number> {
       keep: Boolean(ctx.options.keep),
       pageChecksumErrors: checksumErrors,
     };
+    // A lapsed lease means an expire may have run meanwhile and deleted what this backup references.
+    lock.assertHeld(`recording backup ${id}`);
     await writeBackupSummary(repo, summary);
     await removeResumeRecords(repo, id, resumable?.start.id);
     const seconds = summary.durationMs / 1000;
@@ -222,6 +237,10 @@ export async function run(ctx: CommandContext): Promise<number> {
       checksums: dataChecksums ? `${checksumErrors.length} bad page(s)` : 'off',
     });
     if (ctx.json) process.stdout.write(JSON.stringify(summary) + '\n');
+    if (config['expire-after-backup']) {
+      await lock.release();
+      await expireAfterBackup(repo, ctx, id);
+    }
     return 0;
   } catch (error) {
     manifest?.abort(error as Error);
@@ -230,7 +249,21 @@ export async function run(ctx: CommandContext): Promise<number> {
     throw error;
   } finally {
     await client.end().catch(() => {});
+    await lock.release();
     await repo.close();
+  }
+}
+
+/** expire-after-backup: the backup is recorded; an expire failure is reported, not hidden. */
+async function expireAfterBackup(repo: Repository, ctx: CommandContext, id: string): Promise<void> {
+  const { expire } = await import('../repo/expire.ts');
+  const { expireOptionsOf } = await import('./expire.ts');
+  try {
+    const report = await expire(repo, expireOptionsOf(ctx.loaded.config, false, ctx.signal));
+    log.info('expire after backup complete', { expired: report.expired.length, retained: report.retained.length, freed: formatBytes(report.deleted.bytes) });
+  } catch (error) {
+    const cause = error as PgarkError;
+    throw new PgarkError(cause.code ?? 'INTERNAL', `backup ${id} is complete, but expire after it failed: ${cause.message}`, { hint: cause.hint, cause });
   }
 }
 

@@ -2,6 +2,7 @@
 import type { CommandContext } from '../cli/context.ts';
 import { Repository } from '../repo/repository.ts';
 import { listBackups } from '../repo/backup-manifest.ts';
+import { isKept, readKeepMarkers } from '../repo/keep.ts';
 import { recoverability } from '../repo/recoverability.ts';
 import { listStreams } from '../repo/streams.ts';
 import { listWalObjects } from '../repo/wal-archive.ts';
@@ -16,6 +17,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     const coverage = identity ? coverageOf(wal, identity.postgres.walSegmentSize) : undefined;
     const streams = await listStreams(repo);
     const backups = identity ? await listBackups(repo) : [];
+    const markers = await readKeepMarkers(repo);
     const window = identity ? recoverability(backups, wal, identity.postgres.walSegmentSize) : undefined;
     const walBytes = wal.reduce((sum, o) => sum + o.size, 0);
     const newest = wal.reduce<Date | undefined>((max, o) => (!max || o.lastModified > max ? o.lastModified : max), undefined);
@@ -24,7 +26,7 @@ export async function run(ctx: CommandContext): Promise<number> {
       process.stdout.write(JSON.stringify({
         repository: repo.description,
         identity: identity ?? null,
-        backups: backups.map((b) => ({ ...b, recoverability: window?.backups.find((r) => r.id === b.id) })),
+        backups: backups.map((b) => ({ ...b, keep: isKept(b, markers), recoverability: window?.backups.find((r) => r.id === b.id) })),
         recoverable: { earliest: window?.earliest ?? null, latest: window?.latest ?? null },
         wal: { files: wal.length, storedBytes: walBytes, newestArchivedAt: newest?.toISOString() ?? null, timelines: coverage?.timelines ?? [], conflicts: coverage?.conflicts ?? [] },
         streams: streams.map(({ name, size, storedSize, createdAt }) => ({ name, size, storedSize, createdAt })),
@@ -41,7 +43,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     out.push('', `backups: ${backups.length}`);
     for (const b of backups) {
       const r = window?.backups.find((x) => x.id === b.id);
-      out.push(`  ${b.id}  ${b.type.padEnd(11)} ${b.startedAt.replace('T', ' ').slice(0, 19)} .. ${b.stoppedAt.replace('T', ' ').slice(11, 19)}  LSN ${b.startLsn}..${b.stopLsn}  TL ${b.timeline}  ${formatBytes(b.size)} logical, ${formatBytes(b.storedBytes)} new, ${(b.durationMs / 1000).toFixed(1)}s${b.base ? `  base ${b.base}` : ''}${b.keep ? '  [keep]' : ''}${r && !r.consistent ? '  NOT RESTORABLE: WAL missing' : ''}`);
+      out.push(`  ${b.id}  ${b.type.padEnd(11)} ${b.startedAt.replace('T', ' ').slice(0, 19)} .. ${b.stoppedAt.replace('T', ' ').slice(11, 19)}  LSN ${b.startLsn}..${b.stopLsn}  TL ${b.timeline}  ${formatBytes(b.size)} logical, ${formatBytes(b.storedBytes)} new, ${(b.durationMs / 1000).toFixed(1)}s${b.base ? `  base ${b.base}` : ''}${isKept(b, markers) ? '  [keep]' : ''}${r && !r.consistent ? '  NOT RESTORABLE: WAL missing' : ''}`);
     }
     if (window?.earliest) out.push(`recoverable: from ${window.earliest} to ${window.latest}`);
     else if (backups.length > 0) out.push('recoverable: nothing (no backup has its WAL archived)');

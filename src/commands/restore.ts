@@ -14,7 +14,9 @@ import type { CommandContext } from '../cli/context.ts';
 import { PgarkError } from '../errors.ts';
 import { formatLsn, parseLsn } from '../postgres/wal.ts';
 import { listBackups, readManifest, type BackupSummary, type ManifestEntry } from '../repo/backup-manifest.ts';
+import { checkTimeReachable } from '../repo/recoverability.ts';
 import { Repository } from '../repo/repository.ts';
+import { listWalObjects } from '../repo/wal-archive.ts';
 import { restoreFiles, syncFilesystems, type FileToRestore } from '../repo/restore-files.ts';
 import { Semaphore } from '../util/concurrency.ts';
 import { log } from '../util/log.ts';
@@ -131,6 +133,7 @@ export async function run(ctx: CommandContext): Promise<number> {
   try {
     const backups = await listBackups(repo);
     const backup = chooseBackup(backups, target, options.set as string | undefined);
+    if (target.kind === 'time') checkTimeReachable(backup, target.value!, await listWalObjects(repo), repo.identity!.postgres.walSegmentSize);
     const identities = repo.identity!.encryption.recipients.length > 0 || backup.manifestKey.endsWith('.age') ? await repo.identities(`backup ${backup.id}`) : [];
     log.info(`restoring backup ${backup.id}`, { type: backup.type, stoppedAt: backup.stoppedAt, stopLsn: backup.stopLsn, target: target.kind === 'latest' ? 'latest' : `${target.kind} ${target.value ?? ''}`.trim(), into: targetDir });
 

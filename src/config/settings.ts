@@ -19,7 +19,7 @@ export interface SettingSpec {
   readonly default?: string | number | boolean;
   /** Never logged or printed; `pgark config` shows "(set)" instead. */
   readonly secret?: boolean;
-  readonly group: 'repository' | 's3' | 'azure' | 'encryption' | 'postgres' | 'archive' | 'backup' | 'performance' | 'logging';
+  readonly group: 'repository' | 's3' | 'azure' | 'encryption' | 'postgres' | 'archive' | 'backup' | 'retention' | 'performance' | 'logging';
 }
 
 const STORAGE_CLASS_NOTE = 'S3 storage class; empty = the bucket default';
@@ -77,6 +77,16 @@ export const SETTINGS = [
   { key: 'wal-prefetch', group: 'archive', type: { kind: 'integer', min: 0, max: 256 }, default: 8, description: 'wal-fetch downloads this many following segments ahead, in the background' },
 
   { key: 'backup-checkpoint-interval', group: 'backup', type: { kind: 'duration' }, default: '60s', description: 'How often a running backup records what it has stored, so that a backup interrupted by a crash or kill is resumed by the next one without uploading it again (0 = never)' },
+
+  { key: 'retain', group: 'retention', type: { kind: 'integer', min: 1, max: 100000 }, description: 'pgark expire keeps the newest N backups (any type)' },
+  { key: 'retain-full', group: 'retention', type: { kind: 'integer', min: 1, max: 100000 }, description: 'pgark expire keeps the newest N full backups and every backup taken after the oldest of them' },
+  { key: 'retain-window', group: 'retention', type: { kind: 'duration' }, description: 'pgark expire keeps what restores to any point in this recent window, e.g. 14d (the backup before the window included)' },
+  { key: 'expire-after-backup', group: 'retention', type: { kind: 'boolean' }, default: false, description: 'Run pgark expire after each successful backup (needs a retain setting)' },
+  { key: 'lock-lease', group: 'retention', type: { kind: 'duration' }, default: '2m', description: 'Lease of the repository lock held by backup and expire; refreshed every quarter of it. A crashed holder blocks others for at most this long' },
+  { key: 'lock-wait', group: 'retention', type: { kind: 'duration' }, default: '0s', description: 'How long backup and expire wait for the repository lock held by another process (0 = fail at once)' },
+  { key: 'lifecycle-transition-class', group: 'retention', type: { kind: 'string' }, description: 'pgark lifecycle: storage class to move WAL and packs to after lifecycle-transition-days (e.g. STANDARD_IA); empty = no transition' },
+  { key: 'lifecycle-transition-days', group: 'retention', type: { kind: 'integer', min: 0, max: 36500 }, default: 30, description: 'pgark lifecycle: age in days at which WAL and packs move to lifecycle-transition-class' },
+  { key: 'lifecycle-noncurrent-days', group: 'retention', type: { kind: 'integer', min: 1, max: 36500 }, default: 7, description: 'pgark lifecycle: on a versioned bucket, days after which versions that expire deleted are removed for good' },
 
   { key: 'log-level', group: 'logging', type: { kind: 'enum', values: ['debug', 'info', 'warn', 'error'] }, default: 'info', description: 'Least severe level logged' },
   { key: 'log-format', group: 'logging', type: { kind: 'enum', values: ['auto', 'text', 'json'] }, default: 'auto', description: 'auto: text on a terminal, JSON lines otherwise' },

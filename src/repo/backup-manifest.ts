@@ -152,9 +152,16 @@ export class ManifestWriter {
 }
 
 /** Reads a manifest line by line (entries, then the end line). */
-export async function* readManifest(repo: Repository, summary: BackupSummary): AsyncGenerator<ManifestEntry | ManifestEnd> {
-  const key = summary.manifestKey;
-  const identities = isEncryptedKey(key) ? await repo.identities(`backup ${summary.id}`) : [];
+export function readManifest(repo: Repository, summary: BackupSummary): AsyncGenerator<ManifestEntry | ManifestEnd> {
+  return readManifestObject(repo, summary.manifestKey, `backup ${summary.id}`, { requireEnd: true });
+}
+
+/**
+ * Reads any manifest-format object line by line: a backup's manifest, or a checkpoint
+ * (partial-NNNN.jsonl) of a backup in progress, which has no end line (requireEnd false).
+ */
+export async function* readManifestObject(repo: Repository, key: string, what: string, options: { requireEnd: boolean }): AsyncGenerator<ManifestEntry | ManifestEnd> {
+  const identities = isEncryptedKey(key) ? await repo.identities(what) : [];
   const stages = await decodeStages(key, identities);
   const decoded = new PassThrough();
   const body = await repo.storage.get(key);
@@ -166,11 +173,11 @@ export async function* readManifest(repo: Repository, summary: BackupSummary): A
     try {
       entry = JSON.parse(line) as ManifestEntry | ManifestEnd;
     } catch {
-      throw new PgarkError('INTEGRITY', `the manifest of backup ${summary.id} has a malformed line`);
+      throw new PgarkError('INTEGRITY', `the manifest of ${what} has a malformed line`);
     }
     if (entry.t === 'end') sawEnd = true;
     yield entry;
   }
   await piping;
-  if (!sawEnd) throw new PgarkError('INTEGRITY', `the manifest of backup ${summary.id} is truncated`);
+  if (!sawEnd && options.requireEnd) throw new PgarkError('INTEGRITY', `the manifest of ${what} is truncated`);
 }

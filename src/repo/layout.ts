@@ -138,3 +138,53 @@ export function verifyRunOfKey(key: string): string | undefined {
   const match = /^verify\/(\d{8}T\d{6}-[0-9a-f]{8})\.json\.zst$/.exec(key);
   return match?.[1];
 }
+
+/** Checkpoint manifests of a resumable backup in progress (same line format as manifest.jsonl). */
+export function isPartialManifestKey(key: string): boolean {
+  return /^backups\/\d{8}T\d{6}[FI]\/partial-\d+\.jsonl(?:\.zst|\.lz4|\.gz)?(?:\.age)?$/.test(key);
+}
+
+/** The backup id of any key under backups/<id>/, or undefined. */
+export function backupIdOfKey(key: string): string | undefined {
+  const match = /^backups\/(\d{8}T\d{6}[FI])\//.exec(key);
+  return match?.[1];
+}
+
+// ---- keep markers -----------------------------------------------------------------------------
+// keep/<backup-id>/<yyyymmddThhmmssmmmZ>-<on|off>   empty objects; the newest marker of a backup
+// overrides the `keep` flag of its backup.json, which is never rewritten.
+
+export const KEEP_PREFIX = 'keep/';
+
+export function keepMarkerKey(id: string, at: Date, keep: boolean): string {
+  return `${KEEP_PREFIX}${id}/${at.toISOString().replace(/[-:.]/g, '')}-${keep ? 'on' : 'off'}`;
+}
+
+export function parseKeepMarkerKey(key: string): { id: string; stamp: string; keep: boolean } | undefined {
+  const match = /^keep\/(\d{8}T\d{6}[FI])\/(\d{8}T\d{9}Z)-(on|off)$/.exec(key);
+  return match ? { id: match[1]!, stamp: match[2]!, keep: match[3] === 'on' } : undefined;
+}
+
+// ---- locks --------------------------------------------------------------------------------------
+// locks/<holder>.<exclusive|shared>.<lease seconds>.<generation>.json   one lease object per
+// holder and refresh; the body says who holds it (host, pid, command, since).
+
+export const LOCKS_PREFIX = 'locks/';
+
+export type LockKind = 'exclusive' | 'shared';
+
+export interface LeaseKey {
+  holder: string;
+  kind: LockKind;
+  leaseSeconds: number;
+  generation: number;
+}
+
+export function leaseKey(lease: LeaseKey): string {
+  return `${LOCKS_PREFIX}${lease.holder}.${lease.kind}.${lease.leaseSeconds}.${String(lease.generation).padStart(8, '0')}.json`;
+}
+
+export function parseLeaseKey(key: string): LeaseKey | undefined {
+  const match = /^locks\/([0-9a-f]{16})\.(exclusive|shared)\.(\d{1,9})\.(\d{8})\.json$/.exec(key);
+  return match ? { holder: match[1]!, kind: match[2] as LockKind, leaseSeconds: Number(match[3]), generation: Number(match[4]) } : undefined;
+}

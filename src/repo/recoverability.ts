@@ -4,6 +4,7 @@
  * whose WAL up to its stop is archived (restorable at its stop time) to the newest archived
  * segment reachable without a gap from some backup.
  */
+import { PgarkError } from '../errors.ts';
 import { parseWalFileName, segmentNumber } from '../postgres/wal.ts';
 import type { BackupSummary } from './backup-manifest.ts';
 import type { StoredWalObject } from './wal-archive.ts';
@@ -61,4 +62,31 @@ export function recoverability(backups: readonly BackupSummary[], wal: readonly 
 
 function laterOf(a: string, b: string): string {
   return a > b ? a : b;
+}
+
+/**
+ * Refuses a time target that the chosen backup cannot reach because the WAL after it has a gap
+ * (expired, or lost) — instead of a recovery that stops short. Only a gap with later WAL on
+ * the same timeline counts: WAL not archived yet, or a switch to a new timeline, is left to
+ * PostgreSQL.
+ */
+export function checkTimeReachable(backup: BackupSummary, targetTime: string, wal: readonly StoredWalObject[], segmentSize: number): void {
+  const [r] = recoverability([backup], wal, segmentSize).backups;
+  const timeline = parseWalFileName(backup.startWal)!.timeline;
+  const segno = (name: string) => segmentNumber(parseWalFileName(name)!, segmentSize);
+  const end = r?.reachesWal ? segno(r.reachesWal) : segno(backup.startWal) - 1;
+  const later = wal.some((o) => {
+    const file = parseWalFileName(o.name);
+    return file?.kind === 'segment' && file.timeline === timeline && segmentNumber(file, segmentSize) > end + 1;
+  });
+  if (!later) return;
+  if (!r?.consistent) {
+    throw new PgarkError('NOT_FOUND', `backup ${backup.id} cannot be restored: WAL from ${backup.startWal} to ${backup.stopWal} is missing from the archive`, { hint: '`pgark info` shows the recoverable window; choose another backup with --set', exitCode: 2 });
+  }
+  if (Date.parse(targetTime) > Date.parse(r.reachesTime!)) {
+    throw new PgarkError('NOT_FOUND', `cannot recover to ${targetTime}: backup ${backup.id}, the newest that ended before it, reaches only ${r.reachesTime} (the WAL after ${r.reachesWal} was expired or is missing)`, {
+      hint: '`pgark info` shows the recoverable window; pick a target inside it',
+      exitCode: 2,
+    });
+  }
 }

@@ -34,4 +34,8 @@ export class DelegatingStorage implements Storage {
   close(): Promise<void> {
     return this.inner.close();
   }
+
+  async abortStaleUploads(olderThan: Date): Promise<number> {
+    return (await this.inner.abortStaleUploads?.(olderThan)) ?? 0;
+  }
 }

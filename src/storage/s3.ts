@@ -30,6 +30,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { PgarkError } from '../errors.ts';
 import { log } from '../util/log.ts';
+import { storageRequests } from './metrics.ts';
 import { forEachPart, partSizeFor, readParts, type PartSchedule } from './parts.ts';
 import type { ByteRange, ObjectInfo, ObjectKind, PutOptions, RetryPolicy, Storage } from './types.ts';
 
@@ -111,6 +112,7 @@ export class S3Storage implements Storage {
     this.client = new S3Client(config);
     this.client.middlewareStack.add(
       (next, context) => async (args) => {
+        storageRequests.count++;
         // Swift's s3api insists on Content-MD5 for DeleteObjects.
         const request = args.request as { headers?: Record<string, string>; body?: unknown };
         if (context.commandName === 'DeleteObjectsCommand' && request.headers && typeof request.body === 'string') {
@@ -375,6 +377,29 @@ export class S3Storage implements Storage {
         throw this.wrap(error, 'delete objects in', undefined);
       }
     }
+  }
+
+  async abortStaleUploads(olderThan: Date): Promise<number> {
+    const { ListMultipartUploadsCommand } = await import('@aws-sdk/client-s3');
+    let aborted = 0;
+    let keyMarker: string | undefined;
+    let uploadIdMarker: string | undefined;
+    do {
+      let page;
+      try {
+        page = await this.client.send(new ListMultipartUploadsCommand({ Bucket: this.settings.bucket, Prefix: this.settings.prefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }));
+      } catch (error) {
+        throw this.wrap(error, 'list multipart uploads in');
+      }
+      for (const upload of page.Uploads ?? []) {
+        if (!upload.Key || !upload.UploadId || !upload.Initiated || upload.Initiated >= olderThan) continue;
+        await this.abortUpload(upload.Key.slice(this.settings.prefix.length), upload.UploadId);
+        aborted++;
+      }
+      keyMarker = page.IsTruncated ? page.NextKeyMarker : undefined;
+      uploadIdMarker = page.IsTruncated ? page.NextUploadIdMarker : undefined;
+    } while (keyMarker);
+    return aborted;
   }
 
   /** Multipart uploads still open under the repository prefix (used by tests and `check`). */

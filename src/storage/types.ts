@@ -46,6 +46,11 @@ export interface Storage {
   delete(keys: readonly string[]): Promise<void>;
   /** Releases sockets and timers. */
   close(): Promise<void>;
+  /**
+   * Aborts multipart uploads under the repository started before `olderThan` (a lost
+   * CreateMultipartUpload answer orphans one). Undefined: the backend has nothing to abort.
+   */
+  abortStaleUploads?(olderThan: Date): Promise<number>;
 }
 
 export interface RetryPolicy {
