@@ -13,14 +13,14 @@ export function policyOf(config: Config): RetentionPolicy {
 }
 
 /**
- * "Now" for the recovery window. PGARK_NOW (an ISO time) replaces the clock, for tests that
+ * "Now" for the recovery window. PGARK_TEST_NOW (an ISO time) replaces the clock, for tests that
  * script weeks of history in minutes; it changes nothing else (locks use the store's clock).
  */
 export function expireNow(): Date {
-  const text = process.env.PGARK_NOW;
+  const text = process.env.PGARK_TEST_NOW;
   if (!text) return new Date();
   const at = new Date(text);
-  if (Number.isNaN(at.getTime())) throw new PgarkError('CONFIG', `PGARK_NOW "${text}" is not a time`, { hint: 'unset it, or give an ISO time such as 2026-11-21T10:00:00Z' });
+  if (Number.isNaN(at.getTime())) throw new PgarkError('CONFIG', `PGARK_TEST_NOW "${text}" is not a time`, { hint: 'unset it, or give an ISO time such as 2026-11-21T10:00:00Z' });
   return at;
 }
 

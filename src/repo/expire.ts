@@ -34,7 +34,7 @@ const STALE_UPLOAD_MS = 24 * 3600 * 1000;
 export interface ExpireOptions {
   policy: RetentionPolicy;
   dryRun: boolean;
-  /** The clock the window is measured against (PGARK_NOW in tests). */
+  /** The clock the window is measured against (PGARK_TEST_NOW in tests). */
   now: Date;
   lock: LockOptions;
   concurrency: number;

@@ -1,0 +1,61 @@
+/**
+ * Helpers for the expire tests (test/integration/expire-*.test.ts): raw object writes into a
+ * repository (to plant unfinished backups and orphan packs as a killed backup leaves them), the
+ * packs each backup's manifest references (decoded independently of pgark), and `pgark expire
+ * --json` parsed.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
+import type { RunResult } from './postgres.ts';
+import { chownTestUser, mkdirTestUser, parseJsonOutput, type WalRepo } from './wal.ts';
+
+export interface ExpireJson {
+  dryRun: boolean;
+  now: string;
+  windowStart: string | null;
+  retained: { id: string; type: string; stoppedAt: string; reasons: string[] }[];
+  expired: { id: string }[];
+  incomplete: { deleted: string[]; kept: string | null };
+  deleted: { backupObjects: { count: number; bytes: number }; packs: { count: number; bytes: number }; wal: { count: number; bytes: number }; keepMarkers: number; bytes: number };
+  remaining: { packs: { count: number; bytes: number }; wal: { count: number; bytes: number } };
+  abortedUploads: number;
+  durationMs: number;
+  requests: number | null;
+}
+
+/** Writes an object into the repository as pgark's storage would find it. */
+export async function putRaw(repo: WalRepo, key: string, data: Buffer | string): Promise<void> {
+  if (repo.repoDir) {
+    const file = path.join(repo.repoDir, key);
+    let dir = path.dirname(file);
+    const missing: string[] = [];
+    while (!fs.existsSync(dir)) { missing.unshift(dir); dir = path.dirname(dir); }
+    for (const d of missing) mkdirTestUser(d);
+    fs.writeFileSync(file, data);
+    chownTestUser(file);
+    return;
+  }
+  await repo.bucket!.client.send(new PutObjectCommand({ Bucket: repo.bucket!.name, Key: repo.prefix + key, Body: data }));
+}
+
+/** Pack ids referenced by the manifest of backup `id` (zstd or plain JSONL). */
+export async function referencedPacks(repo: WalRepo, manifestKey: string): Promise<Set<string>> {
+  const text = (manifestKey.endsWith('.zst') ? await repo.decodeObject(manifestKey) : await repo.readObject(manifestKey)).toString('utf8');
+  const packs = new Set<string>();
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const entry = JSON.parse(line) as { t: string; x?: [number, number, string][] };
+    for (const extent of entry.x ?? []) packs.add(extent[2]);
+  }
+  return packs;
+}
+
+export const packIdOf = (key: string): string => key.split('/').at(-1)!;
+
+export async function runExpire(repo: WalRepo, args: string[], env: Record<string, string> = {}): Promise<{ report: ExpireJson; result: RunResult }> {
+  const result = await repo.pgark(['expire', '--json', ...args], { env, timeoutMs: 300_000 });
+  assert.equal(result.code, 0, `pgark expire ${args.join(' ')} failed (exit ${result.code}):\n${result.stderr}`);
+  return { report: parseJsonOutput<ExpireJson>(result, 'pgark expire'), result };
+}
