@@ -23,16 +23,18 @@ const pgTime = (ms: number) => new Date(ms).toISOString().replace('T', ' ').repl
 const segno = (name: string) => parseInt(name.slice(8, 16), 16) * (0x1_0000_0000 / SEGMENT) + parseInt(name.slice(16, 24), 16);
 
 test('expire keeps exactly what retain, retain-full, retain-window and keep markers say; restores inside the window work', { timeout: 900_000 }, async (t) => {
-  const { repo, primary: p } = await createPrimary(t, { name: 'expol' });
+  const { repo, primary: p } = await createPrimary(t, { name: 'expol', settings: { track_commit_timestamp: 'on' } });
   await p.sql('CREATE TABLE marks (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())');
   await p.sql("CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
   const backups: BackupJson[] = [];
-  const marks: string[] = []; // commit time of mark i+1, taken after backup i ended
+  const marks: string[] = []; // commit time of mark i+1, committed after backup i ended
   for (let i = 0; i < 5; i++) {
     await p.sql(`UPDATE bulk SET v = md5(v) WHERE id % 7 = ${i}`);
     backups.push(await takeBackup(repo, i === 2 ? ['--full'] : []));
     await new Promise((r) => setTimeout(r, 300));
-    marks.push(await p.sql(`INSERT INTO marks (id) VALUES (${i + 1}) RETURNING to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`));
+    await p.sql(`INSERT INTO marks (id) VALUES (${i + 1})`);
+    // the commit record's time: what recovery_target_time is compared with
+    marks.push(await p.sql(`SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') FROM marks WHERE id = ${i + 1}`));
     await new Promise((r) => setTimeout(r, 300));
     await switchAndArchive(p);
   }
