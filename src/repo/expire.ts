@@ -6,7 +6,7 @@
  * 1. Plan (read only): list backups/, read the summaries and keep markers, decide what stays.
  *    Incomplete backups (a backups/<id>/ prefix without backup.json: killed) are garbage,
  *    except the newest one when it is newer than the newest complete backup (a resumable
- *    backup's checkpoints, partial-NNNN.jsonl, to be resumed).
+ *    backup's checkpoints, partial-NNNNNN.jsonl, to be resumed).
  * 2. Mark: stream the manifest of every retained backup and the checkpoints of the kept
  *    incomplete one, collecting the pack ids they reference (a set of pack ids, never of blocks).
  * 3. Sweep, in this order, each step only while the lease is held: the summaries of expired
@@ -23,7 +23,7 @@ import { mapSettled } from '../util/concurrency.ts';
 import { log } from '../util/log.ts';
 import { readBackupSummary, readManifestObject, type BackupSummary } from './backup-manifest.ts';
 import { isKept, readKeepMarkers } from './keep.ts';
-import { BACKUPS_PREFIX, backupIdOfKey, backupSummaryKey, isPartialManifestKey, isValidPackId, PACKS_PREFIX } from './layout.ts';
+import { BACKUPS_PREFIX, backupIdOfKey, backupSummaryKey, isValidPackId, parseBackupCheckpointKey, PACKS_PREFIX } from './layout.ts';
 import { RepositoryLock, type LockOptions } from './lock.ts';
 import type { Repository } from './repository.ts';
 import { decideRetention, hasPolicy, walNeeded, type RetainReason, type RetentionPolicy } from './retention.ts';
@@ -105,7 +105,7 @@ export async function expire(repo: Repository, options: ExpireOptions): Promise<
     const referenced = new Set<string>();
     const sources: { key: string; what: string; requireEnd: boolean }[] = retained.map((b) => ({ key: b.manifestKey, what: `backup ${b.id}`, requireEnd: true }));
     if (keptIncomplete) {
-      for (const o of objectsOf.get(keptIncomplete)!) if (isPartialManifestKey(o.key)) sources.push({ key: o.key, what: `the unfinished backup ${keptIncomplete}`, requireEnd: false });
+      for (const o of objectsOf.get(keptIncomplete)!) if (parseBackupCheckpointKey(o.key)) sources.push({ key: o.key, what: `the unfinished backup ${keptIncomplete}`, requireEnd: false });
     }
     const marked = await mapSettled(sources, options.concurrency, async (source) => {
       for await (const entry of readManifestObject(repo, source.key, source.what, { requireEnd: source.requireEnd })) {

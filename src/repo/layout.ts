@@ -139,17 +139,6 @@ export function verifyRunOfKey(key: string): string | undefined {
   return match?.[1];
 }
 
-/** Checkpoint manifests of a resumable backup in progress (same line format as manifest.jsonl). */
-export function isPartialManifestKey(key: string): boolean {
-  return /^backups\/\d{8}T\d{6}[FI]\/partial-\d+\.jsonl(?:\.zst|\.lz4|\.gz)?(?:\.age)?$/.test(key);
-}
-
-/** The backup id of any key under backups/<id>/, or undefined. */
-export function backupIdOfKey(key: string): string | undefined {
-  const match = /^backups\/(\d{8}T\d{6}[FI])\//.exec(key);
-  return match?.[1];
-}
-
 // ---- keep markers -----------------------------------------------------------------------------
 // keep/<backup-id>/<yyyymmddThhmmssmmmZ>-<on|off>   empty objects; the newest marker of a backup
 // overrides the `keep` flag of its backup.json, which is never rewritten.

@@ -47,7 +47,7 @@ test('expire keeps exactly what retain, retain-full, retain-window and keep mark
   await putRaw(repo, `packs/aa/${orphanPack}`, Buffer.alloc(1000));
   const resumePack = 'bb' + '0'.repeat(21) + '2';
   await putRaw(repo, `packs/bb/${resumePack}`, Buffer.alloc(500));
-  await putRaw(repo, 'backups/20991231T235959F/partial-0001.jsonl',
+  await putRaw(repo, 'backups/20991231T235959F/partial-000001.jsonl',
     JSON.stringify({ t: 'f', p: 'base/1/1', m: 384, s: 8192, mt: 0, x: [[0, 1, resumePack, 0, 500, 0]] }) + '\n');
 
   const now = new Date(Date.parse(backups[4]!.stoppedAt) + 60_000).toISOString();
@@ -106,7 +106,7 @@ test('expire keeps exactly what retain, retain-full, retain-window and keep mark
   const present = new Set(after);
   for (const id of ids) assert.equal(present.has(`backups/${id}/backup.json`), id !== ids[1], `backup ${id}`);
   assert.ok(!after.some((k) => k.startsWith(`backups/${ids[1]}/`) || k.startsWith('backups/20000101T000000F/')), 'expired and killed backups are gone entirely');
-  assert.ok(present.has('backups/20991231T235959F/partial-0001.jsonl') && present.has(`packs/bb/${resumePack}`), 'the resumable backup and its pack stay');
+  assert.ok(present.has('backups/20991231T235959F/partial-000001.jsonl') && present.has(`packs/bb/${resumePack}`), 'the resumable backup and its pack stay');
   assert.ok(!present.has(`packs/aa/${orphanPack}`), 'the orphan pack is gone');
   const referenced = new Set<string>([resumePack]);
   for (const b of backups.filter((b) => b.id !== ids[1])) for (const pack of await referencedPacks(repo, b.manifestKey)) referenced.add(pack);
