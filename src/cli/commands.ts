@@ -132,6 +132,32 @@ export const COMMANDS: readonly CommandSpec[] = [
     load: () => import('../commands/restore.ts'),
   },
   {
+    name: 'restore-test',
+    summary: 'Restore a backup into a scratch directory, start PostgreSQL on it and check the data',
+    usage: 'pgark restore-test [--set ID | --target-time T | ...] [--sql FILE] [--json]',
+    description:
+      'Restores the newest backup (or the one for a target, as `pgark restore` chooses) and the WAL it needs\n' +
+      'into a new directory under restore-test-path, starts PostgreSQL of the backup\'s major there (pg-bin-dir)\n' +
+      'as an unprivileged user (restore-test-user when run as root), on a Unix socket only, waits until recovery\n' +
+      'ends and the server is promoted, then counts the rows of every table in every database, runs amcheck on\n' +
+      'every B-tree index when the extension is available and your --sql file. Reports download and replay\n' +
+      'times, stops the server and removes everything, also on failure or Ctrl-C. Exit 0 only if all passed.',
+    positionals: { min: 0, max: 0 },
+    options: {
+      set: { type: 'string', valueName: 'ID', description: 'Test this backup instead of choosing one' },
+      'target-time': { type: 'string', valueName: 'TIME', description: 'Recover to this time' },
+      'target-lsn': { type: 'string', valueName: 'LSN', description: 'Recover to this LSN' },
+      'target-xid': { type: 'string', valueName: 'XID', description: 'Recover to this transaction id' },
+      'target-name': { type: 'string', valueName: 'NAME', description: 'Recover to this restore point' },
+      'target-immediate': { type: 'boolean', description: 'Stop as soon as the backup is consistent' },
+      'target-timeline': { type: 'string', valueName: 'TLI', description: 'Timeline to follow: a number, current or latest' },
+      sql: { type: 'string', valueName: 'FILE', description: 'SQL to run on the restored server (database pg-database); any error fails the test' },
+      json: JSON_OPTION,
+    },
+    usesConfig: true,
+    load: () => import('../commands/restore-test.ts'),
+  },
+  {
     name: 'wal-push',
     summary: 'Archive a WAL file (archive_command)',
     usage: "archive_command = 'pgark wal-push %p'",

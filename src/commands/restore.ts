@@ -29,12 +29,12 @@ type FileEntry = Extract<ManifestEntry, { t: 'f' }>;
 const BATCH_FILES = 256;
 const BATCH_BYTES = 64 * 1024 * 1024;
 
-interface Target {
+export interface Target {
   kind: 'latest' | 'time' | 'lsn' | 'xid' | 'name' | 'immediate';
   value?: string;
 }
 
-function targetOf(options: CommandContext['options']): Target {
+export function targetOf(options: CommandContext['options']): Target {
   const given: Target[] = [];
   if (options['target-time']) given.push({ kind: 'time', value: options['target-time'] as string });
   if (options['target-lsn']) given.push({ kind: 'lsn', value: options['target-lsn'] as string });
@@ -90,7 +90,7 @@ function sqlString(value: string): string {
   return `'${value.replaceAll("'", "''")}'`;
 }
 
-function shellQuote(value: string): string {
+export function shellQuote(value: string): string {
   return /^[\w@%+=:,./-]+$/.test(value) ? value : `'${value.replaceAll("'", "'\\''")}'`;
 }
 

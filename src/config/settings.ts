@@ -61,6 +61,9 @@ export const SETTINGS = [
   { key: 'pg-user', group: 'postgres', type: { kind: 'string' }, description: 'PostgreSQL user (default: PGUSER or the OS user)' },
   { key: 'pg-database', group: 'postgres', type: { kind: 'string' }, description: 'Database to connect to (default: PGDATABASE or postgres)' },
   { key: 'pg-password', group: 'postgres', type: { kind: 'string' }, secret: true, description: 'Password (prefer ~/.pgpass or PGPASSWORD)' },
+  { key: 'pg-bin-dir', group: 'postgres', type: { kind: 'string' }, description: "PostgreSQL server binaries for restore-test (default: pg_config --bindir, /usr/lib/postgresql/<major>/bin or PATH, whichever has the backup's major)" },
+  { key: 'restore-test-path', group: 'postgres', type: { kind: 'string' }, description: 'Where restore-test makes its scratch directory (default: the system temp dir)' },
+  { key: 'restore-test-user', group: 'postgres', type: { kind: 'string' }, default: 'postgres', description: 'OS user restore-test runs PostgreSQL as when pgark runs as root (otherwise: the current user)' },
   { key: 'pgdata', group: 'postgres', type: { kind: 'string' }, description: 'Data directory of the cluster (default: PGDATA, or asked from the server)' },
 
   { key: 'part-size', group: 'performance', type: { kind: 'size', min: 1024 }, default: '8MiB', description: 'First part size of multipart uploads (S3 parts, Azure blocks); later parts grow so 10,000 S3 parts reach 5 TiB. S3 needs at least 5MiB' },
