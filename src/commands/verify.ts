@@ -6,6 +6,7 @@
  */
 import type { CommandContext } from '../cli/context.ts';
 import { PgarkError } from '../errors.ts';
+import { RepositoryLock } from '../repo/lock.ts';
 import { Repository } from '../repo/repository.ts';
 import { verifyRepository, type VerifyMode, type VerifyReport } from '../repo/verify.ts';
 import { newRunId, readLatestState, writeState } from '../repo/verify-state.ts';
@@ -17,8 +18,12 @@ export async function run(ctx: CommandContext): Promise<number> {
   if (ctx.options.quick && ctx.options.full) throw new PgarkError('USAGE', 'give --quick or --full, not both');
   const mode: VerifyMode = ctx.options.quick ? 'quick' : ctx.options.full ? 'full' : 'incremental';
   const started = new Date();
+  const { config } = ctx.loaded;
   const repo = await Repository.open(ctx.loaded, { requireInit: true });
+  let lock: RepositoryLock | undefined;
   try {
+    // Shared, like a backup: expire must not delete packs or WAL while they are being checked.
+    lock = await RepositoryLock.acquire(repo, 'shared', 'pgark verify', { leaseMs: config['lock-lease'], waitMs: config['lock-wait'], signal: ctx.signal });
     const previous = mode === 'incremental' ? await readLatestState(repo) : undefined;
     const progress = createProgress('verify');
     const report = await verifyRepository(repo, {
@@ -61,6 +66,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     }
     return report.ok ? 0 : 2;
   } finally {
+    await lock?.release();
     await repo.close();
   }
 }
