@@ -77,6 +77,7 @@ export class RepositoryLock {
   private timer: NodeJS.Timeout | undefined;
   private refreshing: Promise<void> | undefined;
   private released = false;
+  private lost = false;
 
   private constructor(repo: Repository, kind: LockKind, command: string, leaseMs: number) {
     this.repo = repo;
@@ -155,7 +156,13 @@ export class RepositoryLock {
   }
 
   private async refresh(): Promise<void> {
-    if (this.released) return;
+    if (this.released || this.lost) return;
+    // A lease that lapsed stays lost: a contender may have taken the lock meanwhile (the
+    // process was stopped, or the store unreachable), and a refresh must not hide that.
+    if (performance.now() - this.confirmedAt > this.leaseMs / 2) {
+      this.lost = true;
+      return;
+    }
     const previous = this.currentKey();
     this.generation++;
     try {
@@ -171,8 +178,9 @@ export class RepositoryLock {
   /** Throws when the lease may have lapsed: the caller must not commit anything. */
   assertHeld(what: string): void {
     const age = performance.now() - this.confirmedAt;
-    if (this.released || age > this.leaseMs / 2) {
-      throw new PgarkError('LOCKED', `the repository lock was not refreshed for ${formatDuration(age)}; not ${what}`, {
+    if (age > this.leaseMs / 2) this.lost = true;
+    if (this.released || this.lost) {
+      throw new PgarkError('LOCKED', `the repository lock lapsed (not refreshed in time; last refresh ${formatDuration(age)} ago); not ${what}`, {
         hint: 'the object store was unreachable or the process was stalled; another process may have taken the lock meanwhile. Run the command again',
       });
     }

@@ -21,6 +21,7 @@ import {
   DeleteObjectsCommand,
   GetObjectCommand,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
@@ -380,7 +381,6 @@ export class S3Storage implements Storage {
   }
 
   async abortStaleUploads(olderThan: Date): Promise<number> {
-    const { ListMultipartUploadsCommand } = await import('@aws-sdk/client-s3');
     let aborted = 0;
     let keyMarker: string | undefined;
     let uploadIdMarker: string | undefined;
@@ -404,7 +404,6 @@ export class S3Storage implements Storage {
 
   /** Multipart uploads still open under the repository prefix (used by tests and `check`). */
   async listOpenUploads(): Promise<string[]> {
-    const { ListMultipartUploadsCommand } = await import('@aws-sdk/client-s3');
     const result = await this.client.send(new ListMultipartUploadsCommand({ Bucket: this.settings.bucket, Prefix: this.settings.prefix }));
     return (result.Uploads ?? []).map((u) => u.Key ?? '');
   }
