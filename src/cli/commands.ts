@@ -103,6 +103,23 @@ export const COMMANDS: readonly CommandSpec[] = [
     load: () => import('../commands/keep.ts'),
   },
   {
+    name: 'lifecycle',
+    summary: 'Print (or --apply) the S3 lifecycle rules that fit the repository',
+    usage: 'pgark lifecycle [--apply] [--json]',
+    description:
+      'Rules that never delete what a backup needs: abort multipart uploads open for a day, remove noncurrent\n' +
+      'versions (versioned or Object Lock buckets) after lifecycle-noncurrent-days, and optionally move WAL and\n' +
+      'packs to lifecycle-transition-class. No expiration by age: only pgark expire knows what is unreferenced.\n' +
+      '--apply replaces this repository\'s rules on the bucket and keeps every other rule.',
+    positionals: { min: 0, max: 0 },
+    options: {
+      apply: { type: 'boolean', description: 'Put the rules on the bucket (PutBucketLifecycleConfiguration)' },
+      json: JSON_OPTION,
+    },
+    usesConfig: true,
+    load: () => import('../commands/lifecycle.ts'),
+  },
+  {
     name: 'restore',
     summary: 'Restore a backup and configure recovery to the latest state or a target',
     usage: 'pgark restore --target-dir DIR [--target-time T | --target-lsn L | --target-xid X | --target-name N | --target-immediate]',

@@ -175,7 +175,7 @@ export async function expire(repo: Repository, options: ExpireOptions): Promise<
       await step('WAL files no retained backup needs', deadWal.map((o) => o.key));
       await step('keep markers of deleted backups', deadMarkers);
       lock.assertHeld('aborting stale multipart uploads');
-      report.abortedUploads = (await repo.storage.abortStaleUploads?.(new Date(Date.now() - STALE_UPLOAD_MS))) ?? 0;
+      report.abortedUploads = (await repo.storage.abortStaleUploads?.(new Date(options.now.getTime() - STALE_UPLOAD_MS))) ?? 0;
     }
     report.durationMs = Date.now() - started;
     report.requests = repo.description.startsWith('s3://') ? storageRequests.count - requestsBefore : null;

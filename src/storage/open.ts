@@ -7,10 +7,39 @@ import type { Config } from '../config/load.ts';
 import { parseRepoUrl } from './url.ts';
 import { ResilientStorage } from './resilient.ts';
 import { ThrottledStorage } from './throttle.ts';
+import type { S3Settings } from './s3.ts';
 import type { RetryPolicy, Storage } from './types.ts';
 
 export function retryPolicyOf(config: Config): RetryPolicy {
   return { maxAttempts: config['retry-max'], requestTimeoutMs: config['request-timeout'], connectTimeoutMs: config['connect-timeout'] };
+}
+
+/** The S3 driver's settings for an s3:// location (also used by `pgark lifecycle`). */
+export function s3SettingsOf(location: { bucket: string; prefix: string }, config: Config): S3Settings {
+  const common = config['s3-storage-class'];
+  return {
+    bucket: location.bucket,
+    prefix: location.prefix,
+    region: config['s3-region'],
+    endpoint: config['s3-endpoint'],
+    forcePathStyle: config['s3-force-path-style'],
+    profile: config['s3-profile'],
+    accessKeyId: config['s3-access-key-id'],
+    secretAccessKey: config['s3-secret-access-key'],
+    sessionToken: config['s3-session-token'],
+    storageClass: {
+      wal: config['s3-storage-class-wal'] ?? common,
+      data: config['s3-storage-class-data'] ?? common,
+      meta: config['s3-storage-class-meta'] ?? common,
+    },
+    sse: config['s3-sse'],
+    sseKmsKeyId: config['s3-sse-kms-key-id'],
+    sseCustomerKey: config['s3-sse-c-key'],
+    checksumMode: config['s3-checksum-mode'],
+    initialPartSize: config['part-size'],
+    uploadConcurrency: config['process-max'],
+    retry: retryPolicyOf(config),
+  };
 }
 
 export async function openStorage(repoUrl: string, config: Config): Promise<Storage> {
@@ -25,30 +54,7 @@ export async function openStorage(repoUrl: string, config: Config): Promise<Stor
     }
     case 's3': {
       const { S3Storage } = await import('./s3.ts');
-      const common = config['s3-storage-class'];
-      driver = new S3Storage({
-        bucket: location.bucket,
-        prefix: location.prefix,
-        region: config['s3-region'],
-        endpoint: config['s3-endpoint'],
-        forcePathStyle: config['s3-force-path-style'],
-        profile: config['s3-profile'],
-        accessKeyId: config['s3-access-key-id'],
-        secretAccessKey: config['s3-secret-access-key'],
-        sessionToken: config['s3-session-token'],
-        storageClass: {
-          wal: config['s3-storage-class-wal'] ?? common,
-          data: config['s3-storage-class-data'] ?? common,
-          meta: config['s3-storage-class-meta'] ?? common,
-        },
-        sse: config['s3-sse'],
-        sseKmsKeyId: config['s3-sse-kms-key-id'],
-        sseCustomerKey: config['s3-sse-c-key'],
-        checksumMode: config['s3-checksum-mode'],
-        initialPartSize: config['part-size'],
-        uploadConcurrency: config['process-max'],
-        retry,
-      });
+      driver = new S3Storage(s3SettingsOf(location, config));
       break;
     }
     case 'azure': {

@@ -19,13 +19,16 @@ import {
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
   DeleteObjectsCommand,
+  GetBucketLifecycleConfigurationCommand,
   GetObjectCommand,
   HeadObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
+  PutBucketLifecycleConfigurationCommand,
   PutObjectCommand,
   S3Client,
   UploadPartCommand,
+  type LifecycleRule,
   type S3ClientConfig,
   type StorageClass,
 } from '@aws-sdk/client-s3';
@@ -114,9 +117,9 @@ export class S3Storage implements Storage {
     this.client.middlewareStack.add(
       (next, context) => async (args) => {
         storageRequests.count++;
-        // Swift's s3api insists on Content-MD5 for DeleteObjects.
+        // Swift's s3api (and RGW for lifecycle) insist on Content-MD5 for these.
         const request = args.request as { headers?: Record<string, string>; body?: unknown };
-        if (context.commandName === 'DeleteObjectsCommand' && request.headers && typeof request.body === 'string') {
+        if ((context.commandName === 'DeleteObjectsCommand' || context.commandName === 'PutBucketLifecycleConfigurationCommand') && request.headers && typeof request.body === 'string') {
           request.headers['content-md5'] = md5Base64(request.body);
         }
         return next(args);
@@ -400,6 +403,26 @@ export class S3Storage implements Storage {
       uploadIdMarker = page.IsTruncated ? page.NextUploadIdMarker : undefined;
     } while (keyMarker);
     return aborted;
+  }
+
+  /** The bucket's lifecycle rules ([] when it has none). */
+  async getLifecycleRules(): Promise<LifecycleRule[]> {
+    try {
+      const result = await this.client.send(new GetBucketLifecycleConfigurationCommand({ Bucket: this.settings.bucket }));
+      return result.Rules ?? [];
+    } catch (error) {
+      if ((error as SdkError).name === 'NoSuchLifecycleConfiguration') return [];
+      throw this.wrap(error, 'read the lifecycle configuration of');
+    }
+  }
+
+  /** Replaces the bucket's lifecycle configuration (every rule: callers merge). */
+  async putLifecycleRules(rules: LifecycleRule[]): Promise<void> {
+    try {
+      await this.client.send(new PutBucketLifecycleConfigurationCommand({ Bucket: this.settings.bucket, LifecycleConfiguration: { Rules: rules } }));
+    } catch (error) {
+      throw this.wrap(error, 'set the lifecycle configuration of');
+    }
   }
 
   /** Multipart uploads still open under the repository prefix (used by tests and `check`). */
