@@ -13,42 +13,10 @@ import assert from 'node:assert/strict';
 import { hostname } from 'node:os';
 import { test } from 'node:test';
 import { createPrimary, fingerprint, info, oneErrorLine, restoreAndStart, switchAndArchive, takeBackup } from '../support/backup.ts';
-import { packIdOf, putRaw, referencedPacks } from '../support/expire.ts';
-import { findProcesses, FULL, parseJsonOutput, parseWalKey, PGARK, sleep, waitFor, type WalRepo } from '../support/wal.ts';
+import { checkRepository, putRaw } from '../support/expire.ts';
+import { findProcesses, FULL, parseJsonOutput, PGARK, sleep, waitFor } from '../support/wal.ts';
 
 const TRIALS = FULL ? 8 : 3;
-const SEGMENT = 1024 * 1024;
-const segno = (name: string) => parseInt(name.slice(8, 16), 16) * (0x1_0000_0000 / SEGMENT) + parseInt(name.slice(16, 24), 16);
-
-/** Every listed backup is whole; no pack is unreferenced; no lease is left. */
-async function checkRepository(repo: WalRepo, what: string): Promise<{ backups: number }> {
-  const keys = await repo.keys();
-  const present = new Set(keys);
-  const packs = new Set(keys.filter((k) => k.startsWith('packs/')).map(packIdOf));
-  const wal = new Set(keys.map(parseWalKey).filter((w) => w !== undefined).map((w) => w!.name));
-  const { backups } = await info(repo);
-  const referenced = new Set<string>();
-  for (const b of backups) {
-    assert.ok(present.has(b.manifestKey), `${what}: manifest of ${b.id}`);
-    for (const pack of await referencedPacks(repo, b.manifestKey)) {
-      assert.ok(packs.has(pack), `${what}: pack ${pack} of backup ${b.id} exists`);
-      referenced.add(pack);
-    }
-    for (let n = segno(b.startWal); n <= segno(b.stopWal); n++) {
-      const name = b.startWal.slice(0, 8) + (Math.floor(n / 4096)).toString(16).toUpperCase().padStart(8, '0') + (n % 4096).toString(16).toUpperCase().padStart(8, '0');
-      assert.ok(wal.has(name), `${what}: WAL ${name} of backup ${b.id}`);
-    }
-  }
-  const unreferenced = [...packs].filter((p) => !referenced.has(p));
-  assert.deepEqual(unreferenced, [], `${what}: no unreferenced pack survives`);
-  assert.deepEqual(keys.filter((k) => k.startsWith('locks/')), [], `${what}: no lease left`);
-  // no gap in the archive from the oldest backup's start on
-  const oldest = Math.min(...backups.map((b) => segno(b.startWal)));
-  const segnos = [...wal].filter((n) => /^[0-9A-F]{24}$/.test(n)).map(segno).filter((n) => n >= oldest).sort((a, b) => a - b);
-  for (let i = 1; i < segnos.length; i++) assert.equal(segnos[i], segnos[i - 1]! + 1, `${what}: WAL continuous after the oldest backup`);
-  return { backups: backups.length };
-}
-
 test('expire racing backups and continuous wal-push (RGW): no retained backup loses an object, no unreferenced pack survives', { timeout: 1_200_000 }, async (t) => {
   const { repo, primary: p } = await createPrimary(t, { kind: 's3', name: 'exrace', repoSettings: { 'lock-lease': '8s', 'lock-wait': '300s' } });
   await p.sql('CREATE TABLE load (id bigserial PRIMARY KEY, v text)');

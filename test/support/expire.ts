@@ -9,7 +9,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import type { RunResult } from './postgres.ts';
-import { chownTestUser, mkdirTestUser, parseJsonOutput, type WalRepo } from './wal.ts';
+import { info } from './backup.ts';
+import { chownTestUser, mkdirTestUser, parseJsonOutput, parseWalKey, type WalRepo } from './wal.ts';
 
 export interface ExpireJson {
   dryRun: boolean;
@@ -59,3 +60,36 @@ export async function runExpire(repo: WalRepo, args: string[], env: Record<strin
   assert.equal(result.code, 0, `pgark expire ${args.join(' ')} failed (exit ${result.code}):\n${result.stderr}`);
   return { report: parseJsonOutput<ExpireJson>(result, 'pgark expire'), result };
 }
+
+const SEGMENT = 1024 * 1024;
+const segno = (name: string) => parseInt(name.slice(8, 16), 16) * (0x1_0000_0000 / SEGMENT) + parseInt(name.slice(16, 24), 16);
+
+/** Every listed backup is whole (manifest, packs, WAL start..stop); no pack is unreferenced; no lease is left; no WAL gap after the oldest backup (1 MiB segments). */
+export async function checkRepository(repo: WalRepo, what: string): Promise<{ backups: number }> {
+  const keys = await repo.keys();
+  const present = new Set(keys);
+  const packs = new Set(keys.filter((k) => k.startsWith('packs/')).map(packIdOf));
+  const wal = new Set(keys.map(parseWalKey).filter((w) => w !== undefined).map((w) => w!.name));
+  const { backups } = await info(repo);
+  const referenced = new Set<string>();
+  for (const b of backups) {
+    assert.ok(present.has(b.manifestKey), `${what}: manifest of ${b.id}`);
+    for (const pack of await referencedPacks(repo, b.manifestKey)) {
+      assert.ok(packs.has(pack), `${what}: pack ${pack} of backup ${b.id} exists`);
+      referenced.add(pack);
+    }
+    for (let n = segno(b.startWal); n <= segno(b.stopWal); n++) {
+      const name = b.startWal.slice(0, 8) + (Math.floor(n / 4096)).toString(16).toUpperCase().padStart(8, '0') + (n % 4096).toString(16).toUpperCase().padStart(8, '0');
+      assert.ok(wal.has(name), `${what}: WAL ${name} of backup ${b.id}`);
+    }
+  }
+  const unreferenced = [...packs].filter((p) => !referenced.has(p));
+  assert.deepEqual(unreferenced, [], `${what}: no unreferenced pack survives`);
+  assert.deepEqual(keys.filter((k) => k.startsWith('locks/')), [], `${what}: no lease left`);
+  // no gap in the archive from the oldest backup's start on
+  const oldest = Math.min(...backups.map((b) => segno(b.startWal)));
+  const segnos = [...wal].filter((n) => /^[0-9A-F]{24}$/.test(n)).map(segno).filter((n) => n >= oldest).sort((a, b) => a - b);
+  for (let i = 1; i < segnos.length; i++) assert.equal(segnos[i], segnos[i - 1]! + 1, `${what}: WAL continuous after the oldest backup`);
+  return { backups: backups.length };
+}
+
