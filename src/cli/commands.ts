@@ -180,13 +180,23 @@ export const COMMANDS: readonly CommandSpec[] = [
     usage: "archive_command = 'pgark wal-push %p'",
     description:
       'Stores the WAL file at %p (compressed, encrypted, with its SHA-256) and exits 0 only once the store has\n' +
-      'confirmed it. Also uploads, in parallel, other WAL files already waiting (archive-push-ahead), so the\n' +
-      'next calls return at once. A file already archived with the same content succeeds; different content\n' +
-      'under an archived name is refused and never overwritten.',
+      'confirmed it. A background process uploads, in parallel, the WAL files PostgreSQL has waiting\n' +
+      '(archive-push-ahead), so most calls return at once. A file already archived with the same content\n' +
+      'succeeds; different content under an archived name is refused and never overwritten.',
     positionals: { min: 1, max: 1 },
     options: {},
     usesConfig: true,
     load: () => import('../commands/wal-push.ts'),
+  },
+  {
+    name: 'wal-push-ahead',
+    summary: 'Archive the WAL files waiting in WALDIR/archive_status, in the background (started by wal-push)',
+    usage: 'pgark wal-push-ahead WALDIR',
+    positionals: { min: 1, max: 1 },
+    options: {},
+    usesConfig: true,
+    hidden: true,
+    load: () => import('../commands/wal-push-ahead.ts'),
   },
   {
     name: 'wal-fetch',

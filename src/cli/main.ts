@@ -15,6 +15,15 @@ if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V' || argv[0]
   // V8's code cache on disk (Node >= 22.1) makes loading the lazily imported chunks — the
   // AWS SDK above all — several times faster from the second run on.
   module.enableCompileCache?.();
-  const { runCli } = await import('./run.ts');
-  process.exitCode = await runCli(argv);
+  // Most wal-push / wal-fetch calls only look at the spool: they do not need the rest.
+  let code: number | undefined;
+  if (argv[0] === 'wal-push' || argv[0] === 'wal-fetch') {
+    const { runFastPath } = await import('./fast-path.ts');
+    code = await runFastPath(argv);
+  }
+  if (code === undefined) {
+    const { runCli } = await import('./run.ts');
+    code = await runCli(argv);
+  }
+  process.exitCode = code;
 }

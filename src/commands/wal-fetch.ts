@@ -4,14 +4,17 @@
  * Exit 0: the file was written to %p (atomically: a temporary name, then rename). Exit 1: the
  * archive does not have it — quietly, because PostgreSQL asks for files that do not exist all
  * the time (the next timeline's history, the segment after the end of the archive). After
- * serving a segment, a background `pgark wal-prefetch` downloads the next ones into the spool,
- * so replay does not wait for one round trip per segment.
+ * serving a segment, it records the segment as replay's position in the spool, and a background
+ * `pgark wal-prefetch` (started when none runs) keeps the segments after it in the spool, so
+ * replay does not wait for one round trip per segment. Most calls are served from the spool by
+ * the fast path (src/cli/fast-path.ts), which does not load the configuration.
  */
-import { spawn } from 'node:child_process';
-import { copyFile, rename, rm, writeFile } from 'node:fs/promises';
+import { rename, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
+import { ensurePrefetcher } from '../cli/background.ts';
 import type { CommandContext } from '../cli/context.ts';
+import { rememberSpoolLocation } from '../cli/spool-locator.ts';
 import { requireSetting } from '../config/load.ts';
 import { PgarkError } from '../errors.ts';
 import { requireWalFileName } from '../postgres/wal.ts';
@@ -20,38 +23,15 @@ import { Spool } from '../repo/spool.ts';
 import { fetchWalFile } from '../repo/wal-archive.ts';
 import { log } from '../util/log.ts';
 
-async function moveInto(source: string, target: string): Promise<boolean> {
-  try {
-    await rename(source, target);
-    return true;
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return false;
-    if (code !== 'EXDEV') throw error;
-  }
-  // The spool is on another filesystem: copy next to the target, then rename into place.
-  const temp = `${target}.pgark-${randomBytes(4).toString('hex')}`;
-  try {
-    await copyFile(source, temp);
-  } catch (error) {
-    await rm(temp, { force: true });
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw error;
-  }
-  await rename(temp, target);
-  await rm(source, { force: true });
-  return true;
-}
-
-function startPrefetch(ctx: CommandContext, after: string): void {
+/** Records `name` as replay's position and makes sure a prefetcher follows it. */
+async function prefetchAfter(ctx: CommandContext, spool: Spool, name: string): Promise<void> {
   if (ctx.loaded.config['wal-prefetch'] <= 0) return;
-  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, 'wal-prefetch', after, ...ctx.forwardArgs], {
-    detached: true,
-    stdio: 'ignore',
-    env: { ...process.env, ...ctx.forwardEnv },
-  });
-  child.on('error', () => {});
-  child.unref();
+  try {
+    await spool.setFetchPosition(name);
+    await ensurePrefetcher(spool, name, ctx.forwardArgs, ctx.forwardEnv);
+  } catch (error) {
+    log.debug('could not start the prefetcher', { error: (error as Error).message });
+  }
 }
 
 export async function run(ctx: CommandContext): Promise<number> {
@@ -59,10 +39,15 @@ export async function run(ctx: CommandContext): Promise<number> {
   const [name, destination] = ctx.args as [string, string];
   const file = requireWalFileName(name);
   const target = resolve(destination);
-  const spool = Spool.open(ctx.loaded.config, requireSetting(ctx.loaded, 'repo', 'where to fetch WAL from?'));
+  const { config } = ctx.loaded;
+  const spool = Spool.open(config, requireSetting(ctx.loaded, 'repo', 'where to fetch WAL from?'));
+  await rememberSpoolLocation(process.argv.slice(2), {
+    spoolRoot: spool.root, logLevel: config['log-level'], logFormat: config['log-format'],
+    pushAhead: config['archive-push-ahead'], archiveTimeoutMs: config['archive-timeout'], walPrefetch: config['wal-prefetch'],
+  });
 
-  if (file.kind === 'segment' && (await moveInto(spool.fetchedPath(name), target))) {
-    startPrefetch(ctx, name);
+  if (file.kind === 'segment' && (await spool.takeFetched(name, target))) {
+    await prefetchAfter(ctx, spool, name);
     log.info(`restored ${name} (prefetched)`, { ms: Date.now() - started });
     return 0;
   }
@@ -89,7 +74,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     await rm(temp, { force: true });
     throw new PgarkError('STORAGE', `cannot write ${target}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
   }
-  if (file.kind === 'segment') startPrefetch(ctx, name);
+  if (file.kind === 'segment') await prefetchAfter(ctx, spool, name);
   log.info(`restored ${name}`, { ms: Date.now() - started });
   return 0;
 }

@@ -1,14 +1,16 @@
 /**
- * pgark wal-prefetch SEGMENT — started in the background by wal-fetch: downloads the segments
- * following SEGMENT (same timeline) into the spool, verified, so the next wal-fetch calls find
- * them locally. One runs at a time (a lock in the spool); the spool holds at most the
- * `wal-prefetch` next segments, everything else in it is removed.
+ * pgark wal-prefetch SEGMENT — started in the background by wal-fetch: keeps the `wal-prefetch`
+ * segments following replay's position (the last segment wal-fetch served, recorded in the
+ * spool; SEGMENT until there is one) in the spool, verified, so the next wal-fetch calls find
+ * them locally. One runs at a time (a lock in the spool); it follows the position as replay
+ * moves on, and exits when the position has not moved for a few seconds. The spool holds at most
+ * the `wal-prefetch` next segments, everything else in it is removed.
  */
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { CommandContext } from '../cli/context.ts';
 import { requireSetting } from '../config/load.ts';
-import { requireWalFileName, segmentName, segmentNumber } from '../postgres/wal.ts';
+import { parseWalFileName, requireWalFileName, segmentName, segmentNumber } from '../postgres/wal.ts';
 import { walDirectoryOf } from '../repo/layout.ts';
 import { Repository } from '../repo/repository.ts';
 import { Spool } from '../repo/spool.ts';
@@ -16,38 +18,33 @@ import { listWalObjects, readStoredWal, type StoredWalObject } from '../repo/wal
 import { mapSettled } from '../util/concurrency.ts';
 import { log } from '../util/log.ts';
 
+/** How long the prefetcher waits for replay to move on before it exits. */
+const LINGER_MS = 3_000;
+/** How often it looks at the position meanwhile. */
+const POLL_MS = 50;
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
 export async function run(ctx: CommandContext): Promise<number> {
-  const after = requireWalFileName(ctx.args[0]!);
-  const count = ctx.loaded.config['wal-prefetch'];
+  const start = requireWalFileName(ctx.args[0]!);
   const spool = Spool.open(ctx.loaded.config, requireSetting(ctx.loaded, 'repo', 'where to fetch WAL from?'));
   const release = await spool.tryLock('prefetch');
-  if (!release) return 0; // another prefetch is running; it will serve these segments
+  if (!release) return 0; // another prefetch is running; it follows the position
   try {
     const repo = await Repository.open(ctx.loaded, { requireInit: true, spool });
     try {
-      const segmentSize = repo.identity!.postgres.walSegmentSize;
-      const first = segmentNumber(after, segmentSize) + 1;
-      const wanted = Array.from({ length: count }, (_, i) => segmentName(after.timeline, first + i, segmentSize));
-      const wantedSet = new Set(wanted);
-
-      const fetchedDirectory = join(spool.root, 'fetched');
-      const present = new Set<string>();
-      for (const entry of await readdir(fetchedDirectory)) {
-        if (wantedSet.has(entry)) present.add(entry);
-        else await rm(join(fetchedDirectory, entry), { force: true }); // consumed, stale, or a temp file of a killed run
+      let served: string | undefined;
+      let movedAt = Date.now();
+      while (!ctx.signal.aborted && Date.now() - movedAt <= LINGER_MS) {
+        const position = (await spool.readFetchPosition()) ?? start.name;
+        if (position !== served) {
+          served = position;
+          await fillWindow(ctx, repo, spool, position);
+          movedAt = Date.now();
+        } else {
+          await sleep(POLL_MS);
+        }
       }
-      const missing = wanted.filter((name) => !present.has(name));
-      if (missing.length === 0) return 0;
-
-      const available = new Map<string, StoredWalObject>();
-      for (const directory of new Set(missing.map(walDirectoryOf))) {
-        for (const object of await listWalObjects(repo, directory)) if (wantedSet.has(object.name)) available.set(object.name, object);
-      }
-      const results = await mapSettled(missing.filter((name) => available.has(name)), ctx.loaded.config['process-max'], async (name) => {
-        await spool.storeFetched(name, await readStoredWal(repo, available.get(name)!));
-      });
-      const failed = results.filter((r) => r.status === 'rejected');
-      if (failed.length > 0) log.warn(`prefetch: ${failed.length} segment(s) failed; wal-fetch will download them itself`, { error: ((failed[0] as PromiseRejectedResult).reason as Error).message });
       return 0;
     } finally {
       await repo.close();
@@ -55,4 +52,33 @@ export async function run(ctx: CommandContext): Promise<number> {
   } finally {
     await release();
   }
+}
+
+/** Makes the spool hold the `wal-prefetch` segments after `position` (those the archive has), and nothing else. */
+async function fillWindow(ctx: CommandContext, repo: Repository, spool: Spool, position: string): Promise<void> {
+  const after = parseWalFileName(position);
+  if (after?.kind !== 'segment') return;
+  const segmentSize = repo.identity!.postgres.walSegmentSize;
+  const first = segmentNumber(after, segmentSize) + 1;
+  const wanted = Array.from({ length: ctx.loaded.config['wal-prefetch'] }, (_, i) => segmentName(after.timeline, first + i, segmentSize));
+  const wantedSet = new Set(wanted);
+
+  const fetchedDirectory = join(spool.root, 'fetched');
+  const present = new Set<string>();
+  for (const entry of await readdir(fetchedDirectory)) {
+    if (wantedSet.has(entry)) present.add(entry);
+    else await rm(join(fetchedDirectory, entry), { force: true }); // consumed, stale, or a temp file of a killed run
+  }
+  const missing = wanted.filter((name) => !present.has(name));
+  if (missing.length === 0) return;
+
+  const available = new Map<string, StoredWalObject>();
+  for (const directory of new Set(missing.map(walDirectoryOf))) {
+    for (const object of await listWalObjects(repo, directory)) if (wantedSet.has(object.name)) available.set(object.name, object);
+  }
+  const results = await mapSettled(missing.filter((name) => available.has(name)), ctx.loaded.config['process-max'], async (name) => {
+    await spool.storeFetched(name, await readStoredWal(repo, available.get(name)!));
+  });
+  const failed = results.filter((r) => r.status === 'rejected');
+  if (failed.length > 0) log.warn(`prefetch: ${failed.length} segment(s) failed; wal-fetch will download them itself`, { error: ((failed[0] as PromiseRejectedResult).reason as Error).message });
 }

@@ -2,119 +2,129 @@
  * pgark wal-push %p — PostgreSQL's archive_command.
  *
  * PostgreSQL runs one archive_command per WAL file and waits for it, so one round trip per
- * segment would cap archiving far below what a busy server writes. Each call therefore also
- * uploads, in parallel, the other WAL files already waiting (.ready in archive_status) and
- * leaves a marker in the local spool for each; the calls for those files then return at once.
- * A marker is written only after the store confirmed the upload, so a process killed at any
- * moment loses nothing: PostgreSQL calls again and the upload is redone (or recognised as a
- * duplicate).
+ * segment would cap archiving far below what a busy server writes. So, as pgBackRest's
+ * asynchronous archive-push does, the uploads run in a background process (wal-push-ahead):
+ * it archives the WAL files PostgreSQL has marked .ready, several in parallel, and leaves a
+ * marker in the local spool for each once the store has confirmed it. A call of this command
+ * returns as soon as the marker of its own file is there — usually at once, from the fast path
+ * that does not even load the configuration (src/cli/fast-path.ts) — and starts the pusher
+ * when none is running. A marker is written only after the store confirmed the upload, so a
+ * process killed at any moment loses nothing: PostgreSQL calls again and the upload is redone
+ * (or recognised as a duplicate). Errors of the pusher for a file (a conflict, a foreign
+ * segment, the store unreachable) are recorded in the spool and reported, with the same message
+ * and exit status, by the call for that file.
+ *
+ * A file outside that window (wal-push run by hand, no archive_status) or with
+ * archive-push-ahead = 0 is uploaded by the call itself.
  */
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { CommandContext } from '../cli/context.ts';
+import { spawnBackground } from '../cli/background.ts';
+import { rememberSpoolLocation } from '../cli/spool-locator.ts';
 import { requireSetting } from '../config/load.ts';
 import { PgarkError } from '../errors.ts';
-import { parseWalFileName, requireWalFileName } from '../postgres/wal.ts';
+import { requireWalFileName } from '../postgres/wal.ts';
+import { awaitPusher, inPushWindow, isOutage, readyFiles, walFileInfo, type PusherOutcome } from '../repo/push-ahead.ts';
 import { Repository } from '../repo/repository.ts';
 import { Spool } from '../repo/spool.ts';
-import { pushWalFile, type PushOutcome } from '../repo/wal-archive.ts';
-import { mapSettled } from '../util/concurrency.ts';
+import { pushWalFile } from '../repo/wal-archive.ts';
 import { log } from '../util/log.ts';
 import { formatBytes } from '../util/units.ts';
 
-/** Errors that say the store is unavailable (as opposed to refusing this particular file). */
-const OUTAGE_CODES = new Set(['STORAGE', 'UNREACHABLE', 'AUTH']);
+/** How often a call starts a new pusher when the previous one ended without archiving its file. */
+const MAX_PUSHER_STARTS = 3;
 
-interface ReadyFile {
-  name: string;
-  path: string;
-}
-
-/** WAL files PostgreSQL has marked ready, in the order it archives them: histories first, then oldest. */
-async function readyFiles(walDirectory: string): Promise<ReadyFile[]> {
-  let entries: string[];
-  try {
-    entries = await readdir(join(walDirectory, 'archive_status'));
-  } catch {
-    return [];
+async function requireWalFile(path: string): Promise<{ size: number; mtimeMs: number }> {
+  const info = await walFileInfo(path);
+  if (!info) {
+    throw new PgarkError('USAGE', `cannot read WAL file ${path}: no such file`, {
+      hint: `archive_command must pass %p (a path relative to the data directory), e.g. archive_command = 'pgark wal-push %p'`,
+    });
   }
-  const names = entries
-    .filter((entry) => entry.endsWith('.ready'))
-    .map((entry) => entry.slice(0, -'.ready'.length))
-    .filter((name) => parseWalFileName(name) !== undefined);
-  const rank = (name: string) => (name.endsWith('.history') ? 0 : 1);
-  names.sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
-  return names.map((name) => ({ name, path: join(walDirectory, name) }));
+  return info;
 }
 
-async function readWalFile(path: string, name: string): Promise<{ content: Buffer; size: number; mtimeMs: number }> {
+async function readWalFile(path: string): Promise<Buffer> {
   try {
-    const info = await stat(path);
-    return { content: await readFile(path), size: info.size, mtimeMs: info.mtimeMs };
+    return await readFile(path);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    throw new PgarkError('USAGE', `cannot read WAL file ${path}: ${code === 'ENOENT' ? 'no such file' : code}`, {
-      hint: `archive_command must pass %p (a path relative to the data directory), e.g. archive_command = 'pgark wal-push %p'`,
-      cause: error,
-    });
+    throw new PgarkError('USAGE', `cannot read WAL file ${path}: ${code === 'ENOENT' ? 'no such file' : code}`, { cause: error });
   }
 }
 
 export async function run(ctx: CommandContext): Promise<number> {
   const started = Date.now();
   const walPath = resolve(ctx.args[0]!);
+  const walDirectory = dirname(walPath);
   const name = basename(walPath);
   requireWalFileName(name);
   const { config } = ctx.loaded;
   const spool = Spool.open(config, requireSetting(ctx.loaded, 'repo', 'where to archive WAL?'));
+  await rememberSpoolLocation(process.argv.slice(2), {
+    spoolRoot: spool.root, logLevel: config['log-level'], logFormat: config['log-format'],
+    pushAhead: config['archive-push-ahead'], archiveTimeoutMs: config['archive-timeout'], walPrefetch: config['wal-prefetch'],
+  });
+  const file = await requireWalFile(walPath);
 
-  const requested = await readWalFile(walPath, name);
-  if (await spool.isMarkedArchived(name, requested)) {
+  let outcome: PusherOutcome | undefined;
+  if (await spool.isMarkedArchived(name, file)) outcome = { kind: 'archived' };
+  else if (config['archive-push-ahead'] > 0 && (await inPushWindow(walDirectory, name, config['archive-push-ahead']))) {
+    outcome = await waitForPusher(ctx, spool, walDirectory, name, file);
+  }
+  if (outcome?.kind === 'archived') {
     await spool.clearArchived(name);
-    log.info(`archived ${name} (uploaded ahead by an earlier call)`, { ms: Date.now() - started });
+    log.info(`archived ${name} (uploaded ahead)`, { ms: Date.now() - started });
     return 0;
   }
+  if (outcome?.kind === 'failed') {
+    const { failure } = outcome;
+    await spool.clearPushFailure(name);
+    return failed(ctx, spool, walDirectory, name, new PgarkError(failure.code, failure.message, { hint: failure.hint, exitCode: failure.exitCode }));
+  }
+  if (outcome) log.debug(`the background pusher did not archive ${name} (${outcome.kind}); archiving it here`);
 
   const repo = await Repository.open(ctx.loaded, { requireInit: true, spool });
   try {
-    const ahead: ReadyFile[] = [];
-    if (config['archive-push-ahead'] > 0) {
-      for (const file of await readyFiles(dirname(walPath))) {
-        if (ahead.length >= config['archive-push-ahead']) break;
-        if (file.name === name) continue;
-        const info = await stat(file.path).catch(() => undefined);
-        if (info && !(await spool.isMarkedArchived(file.name, { size: info.size, mtimeMs: info.mtimeMs }))) ahead.push(file);
-      }
-    }
-
-    const jobs = [{ name, path: walPath }, ...ahead];
-    const results = await mapSettled(jobs, config['process-max'], async (job, index): Promise<PushOutcome> => {
-      const file = index === 0 ? requested : await readWalFile(job.path, job.name);
-      const outcome = await pushWalFile(repo, job.name, file.content, ctx.signal);
-      if (index > 0) await spool.markArchived(job.name, file);
-      return outcome;
-    });
-
-    let aheadDone = 0;
-    results.slice(1).forEach((result, i) => {
-      if (result.status === 'fulfilled') aheadDone++;
-      else log.warn(`could not archive ${ahead[i]!.name} ahead; PostgreSQL will ask again`, { error: (result.reason as Error).message });
-    });
-
-    const own = results[0]!;
-    if (own.status === 'rejected') {
-      const error = own.reason as unknown;
-      if (error instanceof PgarkError && OUTAGE_CODES.has(error.code) && (await dropForDiskSpace(ctx, spool, dirname(walPath), name, error))) return 0;
-      throw error;
-    }
-    log.info(own.value === 'already-archived' ? `${name} was already archived with the same content` : `archived ${name}`, {
-      ahead: aheadDone,
-      ms: Date.now() - started,
-    });
+    const result = await pushWalFile(repo, name, await readWalFile(walPath), ctx.signal);
+    log.info(result === 'already-archived' ? `${name} was already archived with the same content` : `archived ${name}`, { ms: Date.now() - started });
     return 0;
+  } catch (error) {
+    if (error instanceof PgarkError) return failed(ctx, spool, walDirectory, name, error);
+    throw error;
   } finally {
     await repo.close();
   }
+}
+
+/** Starts the background pusher when none runs, and waits for it to archive `name`. */
+async function waitForPusher(ctx: CommandContext, spool: Spool, walDirectory: string, name: string, file: { size: number; mtimeMs: number }): Promise<PusherOutcome> {
+  let starts = 0;
+  let child: { exited: boolean } | undefined;
+  const pusherRunning = async (): Promise<boolean> => {
+    if (await spool.lockHolder('push')) return true;
+    if (child && !child.exited) return true; // started, not holding the lock yet
+    if (starts >= MAX_PUSHER_STARTS) return false;
+    starts++;
+    const started = spawnBackground(['wal-push-ahead', walDirectory, ...ctx.forwardArgs], { env: ctx.forwardEnv, logFile: join(spool.root, 'wal-push-ahead.log') });
+    const state = { exited: false };
+    started.on('exit', () => (state.exited = true));
+    started.on('error', () => (state.exited = true));
+    child = state;
+    return true;
+  };
+  return awaitPusher(spool, name, file, {
+    deadline: Date.now() + ctx.loaded.config['archive-timeout'],
+    since: performance.timeOrigin - 1000,
+    pusherRunning,
+  });
+}
+
+/** An error archiving `name`: dropped under archive-queue-max when the store is unreachable, else thrown. */
+async function failed(ctx: CommandContext, spool: Spool, walDirectory: string, name: string, error: PgarkError): Promise<number> {
+  if (isOutage(error) && (await dropForDiskSpace(ctx, spool, walDirectory, name, error))) return 0;
+  throw error;
 }
 
 /**
@@ -127,7 +137,7 @@ async function dropForDiskSpace(ctx: CommandContext, spool: Spool, walDirectory:
   const max = ctx.loaded.config['archive-queue-max'];
   if (max <= 0) return false;
   let queued = 0;
-  for (const file of await readyFiles(walDirectory)) queued += (await stat(file.path).catch(() => undefined))?.size ?? 0;
+  for (const file of await readyFiles(walDirectory).catch(() => [])) queued += (await walFileInfo(file.path))?.size ?? 0;
   if (queued <= max) return false; // drop only when MORE than archive-queue-max waits (as documented)
   log.error(`DROPPED WAL file ${name} without archiving it: ${formatBytes(queued)} of WAL wait to be archived, more than archive-queue-max (${formatBytes(max)})`, {
     reason: cause.message,

@@ -8,7 +8,9 @@ import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { PgarkError } from '../errors.ts';
 import { parseDuration, parseSize } from '../util/units.ts';
-import { envNameOf, SETTINGS, SETTINGS_BY_KEY, type SettingKey, type SettingSpec, type SettingType } from './settings.ts';
+import { DEFAULT_CONFIG_PATH, envNameOf, SETTINGS, SETTINGS_BY_KEY, type SettingKey, type SettingSpec, type SettingType } from './settings.ts';
+
+export { DEFAULT_CONFIG_PATH };
 
 type ValueOf<T extends SettingType> = T extends { kind: 'list' }
   ? string[]
@@ -27,8 +29,6 @@ type HasDefault<S> = S extends { default: unknown } ? true : false;
 export type Config = {
   readonly [S in Spec as S['key']]: HasDefault<S> extends true ? ValueOf<S['type']> : ValueOf<S['type']> | undefined;
 };
-
-export const DEFAULT_CONFIG_PATH = '/etc/pgark/pgark.yaml';
 
 /** Environment variables with the PGARK_ prefix that are not settings. */
 const RESERVED_ENV = new Set(['PGARK_CONFIG', 'PGARK_DEBUG']);

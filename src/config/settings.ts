@@ -3,6 +3,9 @@
  * environment (PGARK_ + upper snake case) and the command-line flags (--key) are all derived
  * from it, and so is the configuration reference in the README (`pgark help settings`).
  */
+/** The config file read when neither --config nor PGARK_CONFIG names one (absent: defaults). */
+export const DEFAULT_CONFIG_PATH = '/etc/pgark/pgark.yaml';
+
 export type SettingType =
   | { kind: 'string' }
   | { kind: 'list' }                       // YAML list, comma-separated in env, repeatable flag

@@ -4,15 +4,24 @@
  * repository gets its own subdirectory. Losing the spool loses nothing: a missing marker only
  * means one more (recognised as duplicate) upload, a missing prefetched file one more download.
  */
-import { createHash, randomBytes } from 'node:crypto';
 import { accessSync, constants, mkdirSync } from 'node:fs';
-import { open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { appendFile, copyFile, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Config } from '../config/load.ts';
-import { PgarkError } from '../errors.ts';
+import { PgarkError, type PgarkErrorCode } from '../errors.ts';
 
 const DEFAULT_SPOOL = '/var/spool/pgark';
+
+let tempCounter = 0;
+/**
+ * A name for a temporary file, unique among processes (PID) and within one. Not random bytes:
+ * node:crypto alone costs several milliseconds of start-up, and the fast paths
+ * (src/cli/fast-path.ts) write files too.
+ */
+export function tempSuffix(): string {
+  return `${process.pid.toString(36)}-${Date.now().toString(36)}-${(tempCounter++).toString(36)}`;
+}
 
 function writable(path: string): boolean {
   try {
@@ -23,6 +32,21 @@ function writable(path: string): boolean {
   }
 }
 
+/** The spool base when spool-path is not set: /var/spool/pgark if writable, else one in TMPDIR. */
+export function defaultSpoolBase(): string {
+  return writable(DEFAULT_SPOOL) ? DEFAULT_SPOOL : join(tmpdir(), `pgark-spool-${process.getuid?.() ?? 0}`);
+}
+
+/** What the background pusher recorded about a WAL file it could not archive (see wal-push). */
+export interface PushFailure {
+  code: PgarkErrorCode;
+  message: string;
+  hint?: string;
+  exitCode: number;
+  /** When it was recorded (ms since the epoch). */
+  at: number;
+}
+
 export class Spool {
   readonly root: string;
 
@@ -30,8 +54,18 @@ export class Spool {
     this.root = root;
   }
 
+  /**
+   * A spool whose root is already known (written by an earlier Spool.open): the fast paths of
+   * wal-push and wal-fetch, which do not read the configuration (src/cli/fast-path.ts).
+   */
+  static existing(root: string): Spool {
+    return new Spool(root);
+  }
+
   static open(config: Config, repoUrl: string): Spool {
-    const base = config['spool-path'] ?? (writable(DEFAULT_SPOOL) ? DEFAULT_SPOOL : join(tmpdir(), `pgark-spool-${process.getuid?.() ?? 0}`));
+    const base = config['spool-path'] ?? defaultSpoolBase();
+    // Loaded here, not at the top: the fast paths import this module but never call open().
+    const { createHash } = process.getBuiltinModule('node:crypto');
     const root = join(base, createHash('sha256').update(repoUrl).digest('hex').slice(0, 16));
     try {
       mkdirSync(join(root, 'archived'), { recursive: true, mode: 0o700 });
@@ -47,7 +81,7 @@ export class Spool {
   /** Writes a file atomically (temp + rename) inside the spool. */
   async writeAtomic(relativePath: string, content: Buffer | string): Promise<void> {
     const path = join(this.root, relativePath);
-    const temp = `${path}.tmp-${randomBytes(4).toString('hex')}`;
+    const temp = `${path}.tmp-${tempSuffix()}`;
     await writeFile(temp, content, { mode: 0o600 });
     await rename(temp, path);
   }
@@ -86,9 +120,39 @@ export class Spool {
     await rm(join(this.root, 'archived', name), { force: true });
   }
 
+  /** Names of the WAL files marked as archived (temporary files of killed writes excluded). */
+  async archivedNames(): Promise<string[]> {
+    return (await readdir(join(this.root, 'archived')).catch(() => [] as string[])).filter((entry) => !entry.includes('.tmp-'));
+  }
+
+  // ---- wal-push: failures of the background pusher, for the call PostgreSQL makes for the file ----
+
+  async recordPushFailure(name: string, error: unknown): Promise<void> {
+    const failure: PushFailure = error instanceof PgarkError
+      ? { code: error.code, message: error.message, hint: error.hint, exitCode: error.exitCode, at: Date.now() }
+      : { code: 'INTERNAL', message: error instanceof Error ? error.message : String(error), exitCode: 3, at: Date.now() };
+    await mkdir(join(this.root, 'failed'), { recursive: true, mode: 0o700 });
+    await this.writeAtomic(join('failed', name), JSON.stringify(failure));
+  }
+
+  async readPushFailure(name: string): Promise<PushFailure | undefined> {
+    try {
+      return JSON.parse(await readFile(join(this.root, 'failed', name), 'utf8')) as PushFailure;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async clearPushFailure(name: string): Promise<void> {
+    await rm(join(this.root, 'failed', name), { force: true });
+  }
+
+  async pushFailureNames(): Promise<string[]> {
+    return (await readdir(join(this.root, 'failed')).catch(() => [] as string[])).filter((entry) => !entry.includes('.tmp-'));
+  }
+
   /** Appends to dropped.log: WAL files given up under archive-queue-max (see wal-push). */
   async recordDropped(name: string, reason: string): Promise<void> {
-    const { appendFile } = await import('node:fs/promises');
     await appendFile(join(this.root, 'dropped.log'), `${new Date().toISOString()} ${name} ${reason.replaceAll('\n', ' ')}\n`, { mode: 0o600 });
   }
 
@@ -98,9 +162,44 @@ export class Spool {
     return join(this.root, 'fetched', name);
   }
 
+  /**
+   * Moves the prefetched segment `name` to `target` (rename; a copy then rename when the spool
+   * is on another filesystem). False when it is not in the spool.
+   */
+  async takeFetched(name: string, target: string): Promise<boolean> {
+    const source = this.fetchedPath(name);
+    try {
+      await rename(source, target);
+      return true;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return false;
+      if (code !== 'EXDEV') throw error;
+    }
+    const temp = `${target}.pgark-${tempSuffix()}`;
+    try {
+      await copyFile(source, temp);
+    } catch (error) {
+      await rm(temp, { force: true });
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw error;
+    }
+    await rename(temp, target);
+    await rm(source, { force: true });
+    return true;
+  }
+
+  /** The last segment wal-fetch served: the background prefetcher keeps the segments after it. */
+  async setFetchPosition(name: string): Promise<void> {
+    await this.writeAtomic('fetch-position', name);
+  }
+
+  async readFetchPosition(): Promise<string | undefined> {
+    return (await readFile(join(this.root, 'fetch-position'), 'utf8').catch(() => undefined))?.trim() || undefined;
+  }
+
   /** Removes prefetched segments that sort before `name` (older, or an earlier timeline). */
   async removeFetchedBefore(name: string): Promise<void> {
-    const { readdir } = await import('node:fs/promises');
     for (const entry of await readdir(join(this.root, 'fetched')).catch(() => [] as string[])) {
       if (entry < name) await rm(join(this.root, 'fetched', entry), { force: true });
     }
@@ -108,6 +207,12 @@ export class Spool {
 
   async storeFetched(name: string, content: Buffer): Promise<void> {
     await this.writeAtomic(join('fetched', name), content);
+  }
+
+  /** The PID of the live process holding lock `name`, if any. */
+  async lockHolder(name: string): Promise<number | undefined> {
+    const holder = Number(await readFile(join(this.root, `${name}.lock`), 'utf8').catch(() => '0'));
+    return holder > 0 && processAlive(holder) ? holder : undefined;
   }
 
   /**

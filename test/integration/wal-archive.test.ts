@@ -175,7 +175,7 @@ for (const major of MAJORS) {
 
     // push-ahead did its job: most calls found their file uploaded already (logged per call)
     const log = fs.readFileSync(c.logFile, 'utf8');
-    const ahead = (log.match(/uploaded ahead by an earlier call/g) ?? []).length;
+    const ahead = (log.match(/uploaded ahead/g) ?? []).length;
     const direct = (log.match(/"msg":"archived [0-9A-F]{24}"/g) ?? []).length;
     const again = (log.match(/was already archived with the same content/g) ?? []).length;
     t.diagnostic(`wal-push calls: ${direct} uploaded their own file, ${ahead} found it uploaded ahead, ${again} found it archived already`);

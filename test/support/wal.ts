@@ -153,7 +153,7 @@ export interface WalRepo {
   archivedMarkers(): string[];
   /** The prefetched segments in the spool (names; temporary files excluded unless `all`). */
   fetchedFiles(all?: boolean): string[];
-  /** Stops leftover background wal-prefetch processes, removes the bucket (unless given) and the scratch dir. */
+  /** Stops leftover background wal-prefetch and wal-push-ahead processes, removes the bucket (unless given) and the scratch dir. */
   cleanup(): Promise<void>;
 }
 
@@ -250,6 +250,7 @@ export async function createWalRepo(opts: WalRepoOptions): Promise<WalRepo> {
       },
       async cleanup() {
         await stopPrefetchers(configPath);
+        await stopPushers(configPath);
         if (bucket && !opts.bucket) await bucket.cleanup().catch((e: unknown) => console.error(`bucket cleanup: ${String(e)}`));
         if (process.env.PGARK_TEST_KEEP_CLUSTERS === '1') { console.error(`kept ${dir}`); return; }
         fs.rmSync(dir, { recursive: true, force: true });
@@ -313,6 +314,18 @@ export async function stopPrefetchers(configPath: string, timeoutMs = 15_000): P
   const end = Date.now() + timeoutMs;
   while (findProcesses('wal-prefetch', configPath).length > 0 && Date.now() < end) await sleep(100);
   for (const pid of findProcesses('wal-prefetch', configPath)) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
+}
+
+/**
+ * wal-push starts `pgark wal-push-ahead` detached too; it waits a few seconds for new WAL before
+ * it exits. SIGTERM stops it (it aborts its uploads: nothing is marked that is not stored);
+ * SIGKILL after `timeoutMs`.
+ */
+export async function stopPushers(configPath: string, timeoutMs = 15_000): Promise<void> {
+  for (const pid of findProcesses('wal-push-ahead', configPath)) { try { process.kill(pid, 'SIGTERM'); } catch { /* gone */ } }
+  const end = Date.now() + timeoutMs;
+  while (findProcesses('wal-push-ahead', configPath).length > 0 && Date.now() < end) await sleep(100);
+  for (const pid of findProcesses('wal-push-ahead', configPath)) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,116 @@
+/**
+ * pgark wal-push-ahead WALDIR — the background pusher that wal-push starts (see wal-push.ts).
+ *
+ * One runs per spool (a lock). It archives the first archive-push-ahead + 1 WAL files that
+ * PostgreSQL has marked .ready in WALDIR/archive_status, process-max at a time, in PostgreSQL's
+ * order, and writes the spool marker of each once the store has confirmed it; as PostgreSQL
+ * takes them (.ready → .done), the window moves on. A file it cannot archive gets a failure
+ * record in the spool instead, which the wal-push call for that file reports; when the store
+ * is unreachable it stops (the next call starts a new pusher, so retries follow PostgreSQL's).
+ * With nothing left to do it waits a few seconds for new WAL before it exits, so that under
+ * steady write load the uploads start as soon as a segment is finished and the calls find
+ * their marker at once.
+ */
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import type { CommandContext } from '../cli/context.ts';
+import { requireSetting } from '../config/load.ts';
+import { isOutage, readyFiles, walFileInfo, type ReadyFile } from '../repo/push-ahead.ts';
+import { Repository } from '../repo/repository.ts';
+import { Spool } from '../repo/spool.ts';
+import { pushWalFile } from '../repo/wal-archive.ts';
+import { log } from '../util/log.ts';
+
+/** How long the pusher waits for new WAL before it exits. */
+const LINGER_MS = 10_000;
+/** How often it looks for new .ready files while it waits. */
+const SCAN_MS = 100;
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+export async function run(ctx: CommandContext): Promise<number> {
+  const walDirectory = resolve(ctx.args[0]!);
+  const spool = Spool.open(ctx.loaded.config, requireSetting(ctx.loaded, 'repo', 'where to archive WAL?'));
+  const release = await spool.tryLock('push');
+  if (!release) return 0; // another pusher is running
+  try {
+    let repo: Repository;
+    try {
+      repo = await Repository.open(ctx.loaded, { requireInit: true, spool });
+    } catch (error) {
+      // Say why to the call PostgreSQL is making (for the first ready file), then give up.
+      const first = (await readyFiles(walDirectory).catch(() => []))[0];
+      if (first) await spool.recordPushFailure(first.name, error);
+      throw error;
+    }
+    try {
+      await pushLoop(ctx, repo, spool, walDirectory);
+    } finally {
+      await repo.close();
+    }
+  } finally {
+    await removeStaleRecords(spool, walDirectory).catch(() => {});
+    await release();
+  }
+  return 0;
+}
+
+async function pushLoop(ctx: CommandContext, repo: Repository, spool: Spool, walDirectory: string): Promise<void> {
+  const window = ctx.loaded.config['archive-push-ahead'] + 1;
+  const processMax = ctx.loaded.config['process-max'];
+  // Files this process marked: never pushed again, though PostgreSQL may not have renamed
+  // their .ready yet (a marker written after the call consumed it would be left over).
+  const done = new Set<string>();
+  const inFlight = new Map<string, Promise<void>>();
+  let outage = false;
+
+  const push = async (file: ReadyFile, info: { size: number; mtimeMs: number }): Promise<void> => {
+    const started = Date.now();
+    try {
+      const outcome = await pushWalFile(repo, file.name, await readFile(file.path), ctx.signal);
+      await spool.markArchived(file.name, info);
+      done.add(file.name);
+      log.info(outcome === 'already-archived' ? `${file.name} was already archived with the same content` : `archived ${file.name}`, { ms: Date.now() - started });
+    } catch (error) {
+      if (ctx.signal.aborted) return;
+      await spool.recordPushFailure(file.name, error).catch(() => {});
+      log.warn(`could not archive ${file.name}; the wal-push call for it reports why`, { error: (error as Error).message });
+      if (isOutage(error)) outage = true;
+    }
+  };
+
+  let idleSince = Date.now();
+  while (!ctx.signal.aborted) {
+    let ready: ReadyFile[];
+    try {
+      ready = (await readyFiles(walDirectory)).slice(0, window);
+    } catch {
+      break; // the WAL directory is gone (the cluster was removed)
+    }
+    if (!outage) {
+      const failed = new Set(await spool.pushFailureNames());
+      for (const file of ready) {
+        if (inFlight.size >= processMax) break;
+        if (done.has(file.name) || inFlight.has(file.name) || failed.has(file.name)) continue;
+        const info = await walFileInfo(file.path);
+        if (!info) continue;
+        if (await spool.isMarkedArchived(file.name, info)) {
+          done.add(file.name); // by an earlier pusher
+          continue;
+        }
+        inFlight.set(file.name, push(file, info).finally(() => inFlight.delete(file.name)));
+      }
+    }
+    if (inFlight.size > 0) idleSince = Date.now();
+    else if (outage || Date.now() - idleSince > LINGER_MS) break;
+    await Promise.race([...inFlight.values(), sleep(SCAN_MS)]);
+  }
+  await Promise.allSettled(inFlight.values());
+}
+
+/** Markers and failure records of files PostgreSQL no longer waits for (archived, or removed). */
+async function removeStaleRecords(spool: Spool, walDirectory: string): Promise<void> {
+  const ready = new Set((await readyFiles(walDirectory)).map((file) => file.name));
+  for (const name of await spool.archivedNames()) if (!ready.has(name)) await spool.clearArchived(name);
+  for (const name of await spool.pushFailureNames()) if (!ready.has(name)) await spool.clearPushFailure(name);
+}
