@@ -2,7 +2,8 @@
 // scratch pg_wal-like directory (archive_status/*.ready, so the push-ahead path runs) and
 // pushed to Ceph RGW through the fault proxy (latency injected), the way PostgreSQL's archiver
 // does it (oldest .ready first, .ready → .done on exit 0), but each wal-push is SIGKILLed at a
-// random moment. After every kill:
+// random moment, and every other time the background pusher it started (wal-push-ahead, which
+// does the uploads) at the same moment. After every kill:
 //   - every file the spool marks as archived (spool/<hash>/archived/*) is in the repository
 //     under its SHA-256 and decodes to the same bytes;
 //   - every WAL object visible in the bucket decodes to the original segment (no partial,
@@ -42,10 +43,14 @@ function prng(seed: number): () => number {
   };
 }
 
-interface Outcome { code: number | null; signal: NodeJS.Signals | null; ms: number; stderr: string }
+interface Outcome { code: number | null; signal: NodeJS.Signals | null; ms: number; stderr: string; pushersKilled: number }
 
-/** Runs wal-push as the cluster user (cwd = the fake data directory, %p relative) and SIGKILLs it after killAfterMs (if still running). */
-function pushAndKill(repo: WalRepo, dataDir: string, name: string, killAfterMs: number | null): Promise<Outcome> {
+/**
+ * Runs wal-push as the cluster user (cwd = the fake data directory, %p relative) and SIGKILLs it
+ * after killAfterMs (if still running) — and, with killPusher, at that moment also the
+ * background pusher (wal-push-ahead) of this repository.
+ */
+function pushAndKill(repo: WalRepo, dataDir: string, name: string, killAfterMs: number | null, killPusher = false): Promise<Outcome> {
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
     const child = spawnAsTestUser(NODE_BIN, [PGARK, 'wal-push', `pg_wal/${name}`, '--config', repo.configPath], {
@@ -53,9 +58,16 @@ function pushAndKill(repo: WalRepo, dataDir: string, name: string, killAfterMs: 
     });
     let stderr = '';
     child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
-    const timer = killAfterMs === null ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+    let pushersKilled = 0;
+    const timer = killAfterMs === null ? undefined : setTimeout(() => {
+      child.kill('SIGKILL');
+      if (!killPusher) return;
+      for (const pid of findProcesses('wal-push-ahead', repo.configPath)) {
+        try { process.kill(pid, 'SIGKILL'); pushersKilled++; } catch { /* gone */ }
+      }
+    }, killAfterMs);
     child.on('error', reject);
-    child.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, ms: Date.now() - t0, stderr }); });
+    child.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, ms: Date.now() - t0, stderr, pushersKilled }); });
   });
 }
 
@@ -120,8 +132,13 @@ test(`wal-push SIGKILLed at random moments (${TRIALS} trials) never marks or sho
   const readyOf = (r: Round) => fs.readdirSync(path.join(r.walDir, 'archive_status')).filter((n) => n.endsWith('.ready')).map((n) => n.slice(0, -6)).sort();
   const markDone = (r: Round, name: string) => fs.renameSync(path.join(r.walDir, 'archive_status', `${name}.ready`), path.join(r.walDir, 'archive_status', `${name}.done`));
 
-  /** The invariants that must hold whenever no wal-push runs. */
+  /**
+   * The invariants, which hold at every moment, also while the background pusher (started by
+   * wal-push, not killed with it) works: the markers are read before the objects are listed, so
+   * every marker seen must have its object in the listing.
+   */
   const checkInvariants = async (r: Round, when: string): Promise<{ objects: number; markers: number }> => {
+    const markers = r.repo.archivedMarkers();
     const keys = await r.repo.keys();
     const byName = new Map<string, string[]>();
     for (const key of keys) {
@@ -137,7 +154,6 @@ test(`wal-push SIGKILLed at random moments (${TRIALS} trials) never marks or sho
       r.verified.add(key);
     }
     for (const [name, list] of byName) assert.equal(list.length, 1, `${when}: one object for ${name}: ${list.join(' ')}`);
-    const markers = r.repo.archivedMarkers();
     for (const marker of markers) {
       assert.ok(byName.has(marker), `${when}: the spool marks ${marker} as archived, but it is not in the repository`);
     }
@@ -145,7 +161,7 @@ test(`wal-push SIGKILLed at random moments (${TRIALS} trials) never marks or sho
   };
 
   let round = await newRound();
-  const outcomes = { uploadKilled: 0, uploadCompleted: 0, fastKilled: 0, fastCompleted: 0, markersChecked: 0 };
+  const outcomes = { uploadKilled: 0, uploadCompleted: 0, fastKilled: 0, fastCompleted: 0, markersChecked: 0, pushersKilled: 0 };
   const uploadDurations: number[] = [];
   const started = Date.now();
   // A trial is a call that has to upload (its file is not marked as uploaded ahead); the calls
@@ -166,8 +182,11 @@ test(`wal-push SIGKILLed at random moments (${TRIALS} trials) never marks or sho
     proxy.setFaults({ latencyMs });
     const kind = uploads ? 'upload' : 'fast';
     const killAfter = Math.floor(random() * windowMs[kind]);
-    const out = await pushAndKill(round.repo, round.dataDir, name, killAfter);
-    const when = `${uploads ? `trial ${trial}` : 'call for a marked file'} (round ${round.index}, ${name}, latency ${latencyMs} ms, kill after ${killAfter} ms)`;
+    // the uploads run in the background pusher: every other kill takes it down too
+    const killPusher = random() < 0.5;
+    const out = await pushAndKill(round.repo, round.dataDir, name, killAfter, killPusher);
+    if (out.pushersKilled) outcomes.pushersKilled += out.pushersKilled;
+    const when = `${uploads ? `trial ${trial}` : 'call for a marked file'} (round ${round.index}, ${name}, latency ${latencyMs} ms, kill after ${killAfter} ms${out.pushersKilled ? ', pusher killed too' : ''})`;
     windowMs[kind] *= out.signal === 'SIGKILL' ? 1.1 : 0.9;
     if (out.signal === 'SIGKILL') {
       if (uploads) outcomes.uploadKilled++; else outcomes.fastKilled++;
@@ -221,7 +240,7 @@ test(`wal-push SIGKILLed at random moments (${TRIALS} trials) never marks or sho
   uploadDurations.sort((a, b) => a - b);
   t.diagnostic(`${TRIALS} uploading calls in ${trialsMs} ms over ${rounds.length} round(s): ${outcomes.uploadKilled} killed, ${outcomes.uploadCompleted} completed ` +
     `(median ${uploadDurations[Math.floor(uploadDurations.length / 2)] ?? '-'} ms with 10-80 ms latency, push-ahead ${PUSH_AHEAD}; kill window now ${windowMs.upload.toFixed(0)} ms); ` +
-    `calls for marked files: ${outcomes.fastKilled} killed, ${outcomes.fastCompleted} completed; ${outcomes.markersChecked} markers checked; ` +
+    `calls for marked files: ${outcomes.fastKilled} killed, ${outcomes.fastCompleted} completed; background pushers killed: ${outcomes.pushersKilled}; ${outcomes.markersChecked} markers checked; ` +
     `re-running wal-push for all ${SEGMENTS} files (4 at a time) took ${rerunMs} ms`);
   assert.ok(outcomes.uploadKilled >= TRIALS / 4, `many uploading calls were killed before they exited (${outcomes.uploadKilled}/${TRIALS}): the kill window matches the run time`);
 });
