@@ -116,7 +116,12 @@ stage_wal() {
   set_archive_command '/bin/true'
   log "staged $(ls "$WALDIR" | grep -cE '^[0-9A-F]{24}$') segments: $(ls "$WALDIR" | grep -E '^[0-9A-F]{24}$' | sort | sed -n '1p;$p' | tr '\n' ' ')"
 }
+pgark_quiet() {  # wait for pgark's background processes (wal-push-ahead lingers ~10 s for new WAL, wal-prefetch ~3 s)
+  local i; for i in $(seq 300); do pgrep -f 'pgark\.mjs wal-(push-ahead|prefetch)' >/dev/null || return 0; sleep 0.1; done
+  log "pgark background processes still running after 30 s: $(pgrep -af 'pgark\.mjs wal-(push-ahead|prefetch)' | tr '\n' ';')"
+}
 staged_ready() {  # .ready markers like PostgreSQL's, for the first WALSEGS staged segments
+  pgark_quiet   # a lingering pgark pusher would take the new .ready files
   rm -f "$WALDIR"/archive_status/*
   ls "$WALDIR" | grep -E '^[0-9A-F]{24}$' | sort | head -n "$WALSEGS" | while read -r f; do touch "$WALDIR/archive_status/$f.ready"; done
   chown -R postgres:postgres "$WALDIR"
@@ -270,7 +275,13 @@ if has calls; then
   marker_round() {  # marker_round COMPILE_CACHE(1|0) CASE
     rm -rf "$SPOOL/staged"; staged_ready
     as_pg env PGARK_CONFIG="$CONF/pgark-staged.yaml" "$PGARK" wal-push "$WALDIR/${segs[0]}" >/dev/null 2>&1 || die "wal-push of ${segs[0]} failed"
-    local i cc=(); [ "$1" = 0 ] && cc=(env -u NODE_COMPILE_CACHE)
+    # the uploads ahead run in pgark's background pusher: wait for its markers, so the calls measure hits, not waits
+    local i w missing cc=(); [ "$1" = 0 ] && cc=(env -u NODE_COMPILE_CACHE)
+    for w in $(seq 1200); do
+      missing=0
+      for i in $(seq 1 "$CALLS_N"); do ls "$SPOOL"/staged/*/archived/"${segs[$i]}" >/dev/null 2>&1 || { missing=1; break; }; done
+      [ "$missing" = 0 ] && break; sleep 0.1
+    done
     for i in $(seq 1 "$CALLS_N"); do
       measure --pg -- "${cc[@]}" env PGARK_CONFIG="$CONF/pgark-staged.yaml" "$PGARK" wal-push "$WALDIR/${segs[$i]}"
       grep -q 'uploaded ahead' "$TMPD/last.out" || log "call $i was not a marker hit: $(tail -1 "$TMPD/last.out")"
@@ -315,7 +326,7 @@ if has live; then
         pgbr*) pgbr_reset live; prefix="s3://$BUCKET_PGBR/repo/archive/live/" ;;
         barman) s3_rm "s3://$BUCKET_BARMAN/live/"; prefix="s3://$BUCKET_BARMAN/live/" ;;
       esac
-      set_archive_command "$(live_cmd "$v")"
+      pgark_quiet; set_archive_command "$(live_cmd "$v")"
       psqlc "select pg_switch_wal()" >/dev/null; wait_archiver 120 || true
       psqlc "select pg_stat_reset_shared('archiver')" >/dev/null
       start=$(psqlc "select pg_current_wal_lsn()"); t0=$(date +%s.%N)

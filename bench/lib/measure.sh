@@ -22,14 +22,16 @@ cg_setup() {
   fi
   [ -n "$CG" ] || log "no writable cgroup v1 cpuacct: CPU of detached processes is not counted"
 }
+# cgroupfs files report size 0: test the content, not [ -s ]
+cg_busy() { [ -n "$(cat "$CG/cgroup.procs" 2>/dev/null)" ]; }
 cg_cleanup() {
   [ -n "$CG" ] && [ -d "$CG" ] || return 0
-  local i; for i in $(seq 100); do [ -s "$CG/cgroup.procs" ] || break; sleep 0.1; done
+  local i; for i in $(seq 100); do cg_busy || break; sleep 0.1; done
   rmdir "$CG" 2>/dev/null || log "cgroup $CG still has processes: $(tr '\n' ' ' <"$CG/cgroup.procs")"
 }
 cg_wait_empty() {  # cg_wait_empty SECONDS
   [ -n "$CG" ] || return 0
-  local i; for i in $(seq $(( ${1:-60} * 10 ))); do [ -s "$CG/cgroup.procs" ] || return 0; sleep 0.1; done
+  local i; for i in $(seq $(( ${1:-60} * 10 ))); do cg_busy || return 0; sleep 0.1; done
   log "processes still running in the cgroup after ${1:-60}s: $(tr '\n' ' ' <"$CG/cgroup.procs")"
 }
 
