@@ -77,10 +77,10 @@ export const SETTINGS = [
   { key: 'connect-timeout', group: 'performance', type: { kind: 'duration' }, default: '5s', description: 'TCP connect timeout to the object store' },
 
   { key: 'spool-path', group: 'archive', type: { kind: 'string' }, description: 'Local directory for WAL pushed ahead and prefetched (default /var/spool/pgark if writable, else a directory in TMPDIR)' },
-  { key: 'archive-push-ahead', group: 'archive', type: { kind: 'integer', min: 0, max: 1000 }, default: 16, description: 'wal-push also uploads up to this many other .ready WAL files, in parallel, so the next calls return at once' },
+  { key: 'archive-push-ahead', group: 'archive', type: { kind: 'integer', min: 0, max: 1000 }, default: 16, description: 'A background process started by wal-push uploads up to this many .ready WAL files beyond the one PostgreSQL asks for, in parallel (process-max), so the calls for them return at once; 0 = each call uploads its own file' },
   { key: 'archive-queue-max', group: 'archive', type: { kind: 'size' }, default: 0, description: 'When the store is unreachable and more WAL than this waits in pg_wal, wal-push drops it (reports success) to keep PostgreSQL from filling its disk. Breaks point-in-time recovery until the next backup. 0 = never drop' },
   { key: 'archive-timeout', group: 'archive', type: { kind: 'duration' }, default: '60s', description: 'How long a backup waits for the WAL it needs to reach the archive' },
-  { key: 'wal-prefetch', group: 'archive', type: { kind: 'integer', min: 0, max: 256 }, default: 8, description: 'wal-fetch downloads this many following segments ahead, in the background' },
+  { key: 'wal-prefetch', group: 'archive', type: { kind: 'integer', min: 0, max: 256 }, default: 8, description: 'A background process started by wal-fetch keeps this many segments after the one replay asked for downloaded, verified, in the spool' },
 
   { key: 'backup-checkpoint-interval', group: 'backup', type: { kind: 'duration' }, default: '60s', description: 'How often a running backup records what it has stored, so that a backup interrupted by a crash or kill is resumed by the next one without uploading it again (0 = never)' },
 
