@@ -263,6 +263,11 @@ async function expireAfterBackup(repo: Repository, ctx: CommandContext, id: stri
     log.info('expire after backup complete', { expired: report.expired.length, retained: report.retained.length, freed: formatBytes(report.deleted.bytes) });
   } catch (error) {
     const cause = error as PgarkError;
+    // Another backup (or expire) holds the lock: nothing is wrong, a later expire catches up.
+    if (cause.code === 'LOCKED') {
+      log.warn(`expire after backup ${id} skipped: ${cause.message}`, { hint: 'the next backup\'s expire (or pgark expire) will delete what retention no longer needs' });
+      return;
+    }
     throw new PgarkError(cause.code ?? 'INTERNAL', `backup ${id} is complete, but expire after it failed: ${cause.message}`, { hint: cause.hint, cause });
   }
 }

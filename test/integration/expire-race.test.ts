@@ -1,13 +1,14 @@
 // pgark expire against running backups and continuous WAL archiving, and the lock's behaviour
 // with crashed and stalled holders (real PostgreSQL; RGW and the file repository).
-// - RGW: while a load keeps PostgreSQL writing and switching WAL (wal-push archiving
+// - RGW, age-encrypted: while a load keeps PostgreSQL writing and switching WAL (wal-push archiving
 //   continuously), each trial starts a backup and, after a random delay, `expire --retain 2`;
 //   both must succeed (one waits for the other's lease). After each trial: every object every
 //   listed backup references (packs, WAL start..stop) exists, no pack is unreferenced, no lease
 //   is left, the archive has no gap after the oldest backup; at the end the latest state restores.
 // - file: a crashed exclusive holder (its lease object left behind) blocks a backup with one line
 //   naming it, then expires and stops blocking; a SIGKILLed backup's lease blocks expire likewise;
-//   a backup stopped (SIGSTOP) past its lease while an expire runs does not record itself.
+//   a backup stopped (SIGSTOP) past its lease while an expire runs does not record itself;
+//   expire-after-backup leaves the newest backup, and is skipped (backup still exit 0) while locked.
 // PGARK_TEST_FULL=1: more trials.
 import assert from 'node:assert/strict';
 import { hostname } from 'node:os';
@@ -18,7 +19,7 @@ import { findProcesses, FULL, parseJsonOutput, PGARK, sleep, waitFor } from '../
 
 const TRIALS = FULL ? 8 : 3;
 test('expire racing backups and continuous wal-push (RGW): no retained backup loses an object, no unreferenced pack survives', { timeout: 1_200_000 }, async (t) => {
-  const { repo, primary: p } = await createPrimary(t, { kind: 's3', name: 'exrace', repoSettings: { 'lock-lease': '8s', 'lock-wait': '300s' } });
+  const { repo, primary: p } = await createPrimary(t, { kind: 's3', encrypted: true, name: 'exrace', repoSettings: { 'lock-lease': '8s', 'lock-wait': '300s' } });
   await p.sql('CREATE TABLE load (id bigserial PRIMARY KEY, v text)');
   await p.sql("CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30000) g");
   let loading = true;
@@ -106,4 +107,14 @@ test('lock: crashed holders stop blocking once their lease expires; a backup who
   const { backups } = await info(repo);
   assert.deepEqual(backups.map((b) => b.id), [after.id], 'the stalled backup was not recorded');
   t.diagnostic(`first ${first.id}, kept ${after.id}; the stalled backup said: ${oneErrorLine(r)}`);
+
+  // ---- expire-after-backup: each backup leaves the newest one; skipped (not failed) while locked ----
+  repo.updateSettings({ 'expire-after-backup': true, retain: 1 });
+  const next = await takeBackup(repo);
+  assert.deepEqual((await info(repo)).backups.map((b) => b.id), [next.id], 'expire ran after the backup');
+  await putRaw(repo, 'locks/00000000cafef00d.shared.30.00000001.json', JSON.stringify({ host: 'elsewhere', pid: 7, command: 'pgark backup', since: '2026-11-21T10:00:00.000Z' }));
+  const overlapped = await repo.pgark(['backup']);
+  assert.equal(overlapped.code, 0, `a backup whose expire finds the lock taken still succeeds:\n${overlapped.stderr}`);
+  assert.match(overlapped.stderr, /expire after backup \S+ skipped: the repository is locked by pgark backup on elsewhere/);
+  assert.equal((await info(repo)).backups.length, 2, 'nothing expired while locked');
 });

@@ -43,7 +43,7 @@ export async function putRaw(repo: WalRepo, key: string, data: Buffer | string):
 
 /** Pack ids referenced by the manifest of backup `id` (zstd or plain JSONL). */
 export async function referencedPacks(repo: WalRepo, manifestKey: string): Promise<Set<string>> {
-  const text = (manifestKey.endsWith('.zst') ? await repo.decodeObject(manifestKey) : await repo.readObject(manifestKey)).toString('utf8');
+  const text = (/\.(zst|age)$/.test(manifestKey) ? await repo.decodeObject(manifestKey) : await repo.readObject(manifestKey)).toString('utf8');
   const packs = new Set<string>();
   for (const line of text.split('\n')) {
     if (!line) continue;
