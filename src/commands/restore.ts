@@ -46,6 +46,9 @@ export function targetOf(options: CommandContext['options']): Target {
   if (target.kind === 'time' && Number.isNaN(Date.parse(target.value!))) {
     throw new PgarkError('USAGE', `--target-time "${target.value}" is not a time`, { hint: "use an ISO time with a zone, e.g. '2026-11-21 10:00:00+00'" });
   }
+  // PostgreSQL checks recovery_target_time before it loads zone abbreviations: an ISO time
+  // ending in "Z" (what toISOString() and many tools print) stops the server at start-up.
+  if (target.kind === 'time') target.value = target.value!.replace(/(\d)[zZ]$/, '$1+00');
   if (target.kind === 'lsn') parseLsn(target.value!);
   if (target.kind === 'xid' && !/^\d+$/.test(target.value!)) throw new PgarkError('USAGE', `--target-xid "${target.value}" is not a transaction id`);
   return target;
