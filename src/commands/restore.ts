@@ -48,7 +48,7 @@ export function targetOf(options: CommandContext['options']): Target {
   }
   // PostgreSQL checks recovery_target_time before it loads zone abbreviations: an ISO time
   // ending in "Z" (what toISOString() and many tools print) stops the server at start-up.
-  if (target.kind === 'time') target.value = target.value!.replace(/(\d)[zZ]$/, '$1+00');
+  if (target.kind === 'time') target.value = target.value!.replace(/(\d)[zZ]$/, '$1+00:00');
   if (target.kind === 'lsn') parseLsn(target.value!);
   if (target.kind === 'xid' && !/^\d+$/.test(target.value!)) throw new PgarkError('USAGE', `--target-xid "${target.value}" is not a transaction id`);
   return target;

@@ -121,6 +121,8 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions)
     }
   }
 
+  // A missing identity is a configuration error, not damage to every encrypted manifest.
+  if (summaries.some((s) => isEncryptedKey(s.manifestKey))) await repo.identities('the backup manifests');
   const packs = new Map<string, PackUse>();
   for (const summary of summaries) {
     options.signal?.throwIfAborted();

@@ -62,7 +62,7 @@ test('restore-test: passes on a healthy repository, fails on a broken one, leave
   const backup = await takeBackup(repo);
   await p.sql('INSERT INTO t SELECT g, md5(g::text) FROM generate_series(50001, 50100) g');
   await switchAndArchive(p);
-  const midpoint = new Date().toISOString(); // ends in Z, which restore turns into +00 for PostgreSQL
+  const midpoint = new Date().toISOString(); // ends in Z, which restore turns into +00:00 for PostgreSQL
   await sleep(1100);
   await p.sql('INSERT INTO t SELECT g, md5(g::text) FROM generate_series(50101, 50200) g');
   await switchAndArchive(p);

@@ -185,3 +185,36 @@ test('verify: a file repository (zstd)', { timeout: 900_000 }, async (t) => {
 test('verify: RGW, compression none (CRC-32 in the manifest)', { timeout: 900_000 }, async (t) => {
   await scenario(t, 's3', 'none');
 });
+
+test('verify: an age-encrypted file repository', { timeout: 600_000 }, async (t) => {
+  const { repo, primary: p } = await createPrimary(t, { kind: 'file', encrypted: true, name: 'verify-age' });
+  await p.sql('CREATE TABLE t (id bigint PRIMARY KEY, v text)');
+  await p.sql('INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g');
+  const b1 = await takeBackup(repo);
+  await switchAndArchive(p);
+  const healthy = await verify(repo);
+  assert.equal(healthy.code, 0, JSON.stringify(healthy.report.problems) + healthy.stderr);
+  assert.equal(healthy.report.read.packs.objects, b1.packs.length);
+
+  // Without the identity: one configuration error, not a report of damage.
+  const noKey = await repo.pgark(['verify', '--identity', path.join(repo.dir, 'no-such-identity')]);
+  assert.equal(noKey.code, 2);
+  assert.doesNotMatch(noKey.stdout, /BROKEN|PROBLEM/);
+
+  // A flipped byte inside an encrypted pack fails its age MAC.
+  const store = objects(repo);
+  const pack = packKey(b1.packs[0]!);
+  const original = await store.read(pack);
+  const damaged = Buffer.from(original);
+  const at = Math.floor(original.length / 2);
+  damaged[at] = damaged[at]! ^ 0x40;
+  await store.write(pack, damaged);
+  const run = await verify(repo, ['--full']);
+  assert.equal(run.code, 2);
+  const problem = run.report.problems.find((x) => x.kind === 'blob-damaged');
+  assert.ok(problem && problem.object === pack && problem.backups.includes(b1.id), JSON.stringify(run.report.problems));
+  assert.deepEqual(run.report.recoverable, []);
+  t.diagnostic(`encrypted: ${problem.message}`);
+  await store.write(pack, original);
+  assert.equal((await verify(repo)).code, 0);
+});
