@@ -18,7 +18,7 @@ import { startBackup, stopBackup } from '../postgres/backup-api.ts';
 import { clusterInfo, connect } from '../postgres/connection.ts';
 import { comparePaths, walkDataDirectory, type DataEntry } from '../postgres/pgdata.ts';
 import { parseLsn, segmentName, segmentNumberOfLsn } from '../postgres/wal.ts';
-import { backupFile, type FileBackupResult } from '../repo/backup-files.ts';
+import { backupFile, BLOCKS_PER_BLOB, BufferPool, type FileBackupResult } from '../repo/backup-files.ts';
 import { CheckpointWriter, findResumableBackup, readCheckpointEntries, removeResumeRecords, writeBackupStart, type ResumableBackup } from '../repo/backup-resume.ts';
 import { listBackups, ManifestWriter, readManifest, writeBackupSummary, type BackupSummary, type ManifestEntry } from '../repo/backup-manifest.ts';
 import { walDirectoryOf } from '../repo/layout.ts';
@@ -123,9 +123,20 @@ export async function run(ctx: CommandContext): Promise<number> {
     const checkpoints = new CheckpointWriter(repo, id, format, packs, config['backup-checkpoint-interval']);
     const cursor = base ? new BaseManifestCursor(readManifest(repo, base) as AsyncIterable<{ t: string; p?: string }>) : undefined;
     const resumeCursor = resumable ? new BaseManifestCursor(readCheckpointEntries(repo, resumable)) : undefined;
-    const fileContext = { blockSize, encoders: new Semaphore(config['process-max']), format, packs, baseStartLsn: base ? parseLsn(base.startLsn) : undefined, verifyChecksumsBefore: dataChecksums ? startLsn : undefined, signal: ctx.signal };
+    // Files in flight each hold up to two buffers (one being read, one blob being filled), encoders one each.
+    const maxInFlight = Math.max(2, config['process-max'] * 2);
+    const fileContext = {
+      blockSize,
+      encoders: new Semaphore(config['process-max']),
+      buffers: new BufferPool(BLOCKS_PER_BLOB * blockSize, 2 * maxInFlight + config['process-max']),
+      format,
+      packs,
+      baseStartLsn: base ? Number(parseLsn(base.startLsn)) : undefined,
+      verifyChecksumsBefore: dataChecksums ? Number(startLsn) : undefined,
+      signal: ctx.signal,
+    };
     // A file the interrupted backup stored is compared with its checkpoint entry instead.
-    const resumeContext = resumable ? { ...fileContext, baseStartLsn: parseLsn(resumable.start.startLsn) } : undefined;
+    const resumeContext = resumable ? { ...fileContext, baseStartLsn: Number(parseLsn(resumable.start.startLsn)) } : undefined;
 
     const progress = createProgress(`backup ${id}`);
     const totals = { files: 0, size: 0, blocksStored: 0, blocksReferenced: 0 };
@@ -134,7 +145,6 @@ export async function run(ctx: CommandContext): Promise<number> {
 
     // Files are backed up concurrently; manifest lines are written in walk order.
     const window: Promise<ManifestEntry | undefined>[] = [];
-    const maxInFlight = Math.max(2, config['process-max'] * 2);
     const drainOne = async () => {
       const entry = await window.shift()!;
       if (!entry) return;

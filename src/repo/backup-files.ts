@@ -20,17 +20,44 @@ import type { Semaphore } from '../util/concurrency.ts';
 /** Blocks per blob: 1 MiB of 8 KiB pages. */
 export const BLOCKS_PER_BLOB = 128;
 
+/**
+ * Reusable buffers of one blob's size (BLOCKS_PER_BLOB blocks): files are read into them and
+ * blobs are encoded from them. Fresh 1 MiB buffers for every read cost more than the reading
+ * (page faults, and garbage collections driven by external memory); how many are in use at
+ * once is bounded by the files in flight and the encoders, so the pool stays small.
+ */
+export class BufferPool {
+  private readonly idle: Buffer[] = [];
+  readonly size: number;
+  private readonly maxIdle: number;
+
+  constructor(size: number, maxIdle: number) {
+    this.size = size;
+    this.maxIdle = maxIdle;
+  }
+
+  take(): Buffer {
+    return this.idle.pop() ?? Buffer.allocUnsafeSlow(this.size);
+  }
+
+  give(buffer: Buffer): void {
+    if (this.idle.length < this.maxIdle) this.idle.push(buffer);
+  }
+}
+
 export interface FileBackupContext {
   blockSize: number;
   /** Bounds the blobs being encoded at once, across all files (CPU and memory). */
   encoders: Semaphore;
+  /** Buffers of BLOCKS_PER_BLOB blocks. */
+  buffers: BufferPool;
   format: WriteFormat;
   packs: PackWriter;
   /** Start LSN of the base backup (incrementals only). */
-  baseStartLsn: bigint | undefined;
+  baseStartLsn: number | undefined;
   /** Data checksums are on: verify every relation page read; pages changed after this
    * backup's start LSN may be torn mid-write and are left to WAL replay. */
-  verifyChecksumsBefore: bigint | undefined;
+  verifyChecksumsBefore: number | undefined;
   signal?: AbortSignal;
 }
 
@@ -57,13 +84,43 @@ export function sliceExtents(extents: readonly Extent[], from: number, count: nu
   return out;
 }
 
+/**
+ * sliceExtents for ascending, non-overlapping requests over sorted extents (a file's runs of
+ * unchanged blocks, in order): each extent is visited about once, not once per run.
+ */
+class ExtentSlicer {
+  private readonly extents: readonly Extent[];
+  private next = 0;
+
+  constructor(extents: readonly Extent[]) {
+    this.extents = extents;
+  }
+
+  slice(from: number, count: number, out: Extent[]): number {
+    const end = from + count;
+    while (this.next < this.extents.length && this.extents[this.next]![0] + this.extents[this.next]![1] <= from) this.next++;
+    let blocks = 0;
+    for (let i = this.next; i < this.extents.length && this.extents[i]![0] < end; i++) {
+      const [first, length, packId, offset, stored, skip] = this.extents[i]!;
+      const start = Math.max(first, from);
+      const stop = Math.min(first + length, end);
+      if (start < stop) {
+        out.push([start, stop - start, packId, offset, stored, skip + (start - first)]);
+        blocks += stop - start;
+      }
+    }
+    return blocks;
+  }
+}
+
 function blocksOf(extents: readonly Extent[]): number {
   return extents.reduce((sum, [, count]) => sum + count, 0);
 }
 
 /** Collects changed blocks of one file into blobs of up to BLOCKS_PER_BLOB blocks. */
 class BlobBuilder {
-  private blocks: Buffer[] = [];
+  private buffer: Buffer | undefined;
+  private bytes = 0;
   private numbers: number[] = [];
   readonly extents: Extent[] = [];
   private readonly jobs: Promise<void>[] = [];
@@ -74,10 +131,26 @@ class BlobBuilder {
     this.ctx = ctx;
   }
 
-  async add(blockNumber: number, block: Buffer): Promise<void> {
-    this.blocks.push(block);
+  get empty(): boolean {
+    return this.numbers.length === 0;
+  }
+
+  /** Copies one block in; flushes when the blob is full. */
+  async add(blockNumber: number, source: Buffer, offset: number, length: number): Promise<void> {
+    this.buffer ??= this.ctx.buffers.take();
+    source.copy(this.buffer, this.bytes, offset, offset + length);
+    this.bytes += length;
     this.numbers.push(blockNumber);
-    if (this.blocks.length >= BLOCKS_PER_BLOB) await this.flush();
+    if (this.numbers.length >= BLOCKS_PER_BLOB) await this.flush();
+  }
+
+  /** Takes over a whole read buffer of consecutive changed blocks (no copy); the builder must be empty. */
+  async adopt(firstNumber: number, buffer: Buffer, bytes: number): Promise<void> {
+    this.buffer = buffer;
+    this.bytes = bytes;
+    const count = Math.ceil(bytes / this.ctx.blockSize);
+    for (let i = 0; i < count; i++) this.numbers.push(firstNumber + i);
+    if (count >= BLOCKS_PER_BLOB) await this.flush();
   }
 
   /**
@@ -85,15 +158,19 @@ class BlobBuilder {
    * done: a large file keeps several cores busy. `finish` waits for all of them.
    */
   async flush(): Promise<void> {
-    if (this.blocks.length === 0) return;
-    const content = Buffer.concat(this.blocks);
+    if (this.numbers.length === 0) return;
+    const buffer = this.buffer!;
+    const content = buffer.subarray(0, this.bytes);
     const numbers = this.numbers;
-    this.blocks = [];
+    this.buffer = undefined;
+    this.bytes = 0;
     this.numbers = [];
     const release = await this.ctx.encoders.acquire();
     const job = (async () => {
       try {
         const encoded = await encodeBuffer(content, this.ctx.format);
+        // Without compression the blob may be the buffer itself: then the pack keeps it.
+        if (encoded.buffer !== buffer.buffer) this.ctx.buffers.give(buffer);
         const { packId, offset, length } = await this.ctx.packs.add(encoded);
         const checksum: [string?] = needsBlobChecksum(this.ctx.format) ? [blobChecksum(encoded)] : [];
         // One extent per run of consecutive block numbers inside the blob.
@@ -117,34 +194,26 @@ class BlobBuilder {
     await this.flush();
     await Promise.all(this.jobs);
   }
-}
 
-const READ_SIZE = BLOCKS_PER_BLOB * 8192;
-
-async function* readBlocks(path: string, blockSize: number): AsyncGenerator<{ number: number; block: Buffer }> {
-  const handle = await open(path, 'r');
-  try {
-    let number = 0;
-    for (;;) {
-      const buffer = Buffer.allocUnsafe(Math.max(READ_SIZE, blockSize));
-      const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
-      if (bytesRead === 0) return;
-      for (let offset = 0; offset < bytesRead; offset += blockSize) {
-        yield { number: number++, block: buffer.subarray(offset, Math.min(offset + blockSize, bytesRead)) };
-      }
-      if (bytesRead < buffer.length) return;
-    }
-  } finally {
-    await handle.close();
+  /** After a failure: the partly filled buffer goes back (jobs in flight return theirs). */
+  discard(): void {
+    if (this.buffer) this.ctx.buffers.give(this.buffer);
+    this.buffer = undefined;
   }
 }
 
-async function sha256OfFile(path: string): Promise<string> {
+async function sha256OfFile(path: string, buffers: BufferPool): Promise<string> {
   const hash = createHash('sha256');
   const handle = await open(path, 'r');
+  const buffer = buffers.take();
   try {
-    for await (const chunk of handle.createReadStream({ highWaterMark: READ_SIZE, autoClose: false })) hash.update(chunk as Buffer);
+    for (;;) {
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
+      if (bytesRead === 0) break;
+      hash.update(buffer.subarray(0, bytesRead));
+    }
   } finally {
+    buffers.give(buffer);
     await handle.close();
   }
   return hash.digest('hex');
@@ -159,57 +228,93 @@ export async function backupFile(
 
   // Whole-file comparison for everything but relation data.
   if (!file.relation && base?.h !== undefined) {
-    const hash = await sha256OfFile(file.absolute);
+    const hash = await sha256OfFile(file.absolute, ctx.buffers);
     if (hash === base.h) {
       return { entry: { ...entry, s: base.s, h: hash, x: base.x }, bytesRead: base.s, blocksStored: 0, blocksReferenced: blocksOf(base.x), checksumErrors: [] };
     }
   }
 
+  const { blockSize, buffers } = ctx;
   const builder = new BlobBuilder(ctx);
   const hash = file.relation ? undefined : createHash('sha256');
-  const baseExtents = file.relation && base && ctx.baseStartLsn !== undefined ? base.x : undefined;
-  const baseBlocks = baseExtents ? Math.floor(base!.s / ctx.blockSize) : 0;
-  let referenced: Extent[] = [];
+  const baseExtents = file.relation && base && ctx.baseStartLsn !== undefined ? new ExtentSlicer(base.x) : undefined;
+  const baseBlocks = baseExtents ? Math.floor(base!.s / blockSize) : 0;
+  const baseStartLsn = ctx.baseStartLsn ?? 0;
+  const referenced: Extent[] = [];
   let runStart = -1; // first block of the current run of unchanged blocks
   let size = 0;
   let blocksReferenced = 0;
   const checksumErrors: number[] = [];
   const verify = file.relation && ctx.verifyChecksumsBefore !== undefined;
   const firstBlockNumber = verify ? segmentOf(file.path) * RELSEG_BLOCKS : 0;
+  const unchanged = new Uint8Array(BLOCKS_PER_BLOB);
 
   const closeRun = (end: number): void => {
     if (runStart < 0) return;
-    const slice = sliceExtents(baseExtents!, runStart, end - runStart);
-    referenced = referenced.concat(slice);
-    blocksReferenced += blocksOf(slice);
+    blocksReferenced += baseExtents!.slice(runStart, end - runStart, referenced);
     runStart = -1;
   };
 
-  for await (const { number, block } of readBlocks(file.absolute, ctx.blockSize)) {
-    ctx.signal?.throwIfAborted();
-    size += block.length;
-    hash?.update(block);
-    let unchanged = false;
-    if (baseExtents && number < baseBlocks && block.length === ctx.blockSize) {
-      const lsn = pageLsn(block, 0);
-      unchanged = lsn !== 0n && lsn < ctx.baseStartLsn!;
+  const handle = await open(file.absolute, 'r');
+  try {
+    let number = 0; // of the first block in the buffer
+    for (;;) {
+      ctx.signal?.throwIfAborted();
+      const buffer = buffers.take();
+      let kept = false;
+      try {
+        const { bytesRead } = await handle.read(buffer, 0, buffer.length, size);
+        if (bytesRead === 0) break;
+        size += bytesRead;
+        hash?.update(buffer.subarray(0, bytesRead));
+        const blocks = Math.ceil(bytesRead / blockSize);
+        let changedBlocks = 0;
+        for (let i = 0; i < blocks; i++) {
+          const offset = i * blockSize;
+          const whole = offset + blockSize <= bytesRead;
+          let lsn = -1;
+          if (baseExtents && number + i < baseBlocks && whole) lsn = pageLsn(buffer, offset);
+          unchanged[i] = lsn > 0 && lsn < baseStartLsn ? 1 : 0;
+          if (!unchanged[i]) changedBlocks++;
+          if (verify && whole) {
+            const page = buffer.subarray(offset, offset + blockSize);
+            if (!isNewPage(page) && pageChecksum(page, firstBlockNumber + number + i) !== storedChecksum(page)) {
+              if (await confirmChecksumError(file.absolute, number + i, firstBlockNumber, ctx)) checksumErrors.push(number + i);
+            }
+          }
+        }
+        if (changedBlocks === blocks && builder.empty) {
+          // Every block is new (a full backup, a new or rewritten file): the buffer is the blob.
+          closeRun(number);
+          kept = true;
+          await builder.adopt(number, buffer, bytesRead);
+        } else {
+          for (let i = 0; i < blocks; i++) {
+            if (unchanged[i]) {
+              if (runStart < 0) runStart = number + i;
+            } else {
+              closeRun(number + i);
+              const offset = i * blockSize;
+              await builder.add(number + i, buffer, offset, Math.min(blockSize, bytesRead - offset));
+            }
+          }
+        }
+        number += blocks;
+        if (bytesRead < buffer.length) break;
+      } finally {
+        if (!kept) buffers.give(buffer);
+      }
     }
-    if (verify && block.length === ctx.blockSize && !isNewPage(block) && pageChecksum(block, firstBlockNumber + number) !== storedChecksum(block)) {
-      if (await confirmChecksumError(file.absolute, number, firstBlockNumber, ctx)) checksumErrors.push(number);
-    }
-    if (unchanged) {
-      if (runStart < 0) runStart = number;
-    } else {
-      closeRun(number);
-      await builder.add(number, block);
-    }
+    closeRun(number);
+    await builder.finish();
+  } finally {
+    builder.discard();
+    await handle.close();
   }
-  closeRun(Math.ceil(size / ctx.blockSize));
-  await builder.finish();
 
   const extents = referenced.concat(builder.extents).sort((a, b) => a[0] - b[0]);
   // Referenced slices of blocks the file no longer has (it shrank) must not survive.
-  const blockCount = Math.ceil(size / ctx.blockSize);
+  const blockCount = Math.ceil(size / blockSize);
   const clipped = sliceExtents(extents, 0, blockCount);
   return {
     entry: { ...entry, s: size, ...(hash ? { h: hash.digest('hex') } : {}), x: clipped },
