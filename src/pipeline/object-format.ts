@@ -61,13 +61,18 @@ export async function encodeBuffer(content: Buffer, format: WriteFormat): Promis
   return collect(Readable.from([oneShot]), [createAgeEncryptStream([...format.recipients])]);
 }
 
+/** The age decryption of an in-memory object (its compressed content). */
+export async function decryptBuffer(stored: Readable | Buffer, identities: readonly string[]): Promise<Buffer> {
+  const { createAgeDecryptStream } = await import('./age.ts');
+  return collect(Buffer.isBuffer(stored) ? Readable.from([stored]) : stored, [createAgeDecryptStream([...identities])]);
+}
+
 export async function decodeBuffer(stored: Readable | Buffer, key: string, identities: readonly string[]): Promise<Buffer> {
   const codec = codecOfKey(key);
   if (codec === 'zstd' || codec === 'gzip' || codec === 'none') {
     let compressed: Buffer;
     if (isEncryptedKey(key)) {
-      const { createAgeDecryptStream } = await import('./age.ts');
-      compressed = await collect(Buffer.isBuffer(stored) ? Readable.from([stored]) : stored, [createAgeDecryptStream([...identities])]);
+      compressed = await decryptBuffer(stored, identities);
     } else {
       compressed = Buffer.isBuffer(stored) ? stored : await collect(stored, []);
     }

@@ -5,7 +5,7 @@
  * stream ended with a ZSTD_e_end flush produces the same self-contained frame at CLI speed.
  * Idle contexts are kept in a small pool per level; each is used by one caller at a time.
  */
-import { constants, createZstdCompress, type ZstdCompress } from 'node:zlib';
+import { constants, createZstdCompress, createZstdDecompress, type ZstdCompress, type ZstdDecompress } from 'node:zlib';
 
 class FrameCompressor {
   private readonly stream: ZstdCompress;
@@ -55,5 +55,59 @@ export async function zstdFrame(content: Buffer, level: number): Promise<Buffer>
   } finally {
     if (!compressor.broken && pool.length < MAX_IDLE_PER_LEVEL) pool.push(compressor);
     else compressor.close();
+  }
+}
+
+/**
+ * Decompresses a sequence of zstd frames (the blobs of one ranged GET, in order) with one
+ * decompression context, returning each frame's content separately. zlib's one-shot
+ * zstdDecompress makes a context per call and copies its output once more; here a 1 MiB blob
+ * comes out as one buffer. Each `decode` must be given exactly one whole frame: a frame cut
+ * short either fails its content checksum when the next one is read into it, or fails `finish`.
+ */
+export class ZstdFrameSequence {
+  private readonly stream: ZstdDecompress;
+  private output: Buffer[] = [];
+  private failure: Error | undefined;
+
+  constructor(chunkSize = 1 << 20) {
+    this.stream = createZstdDecompress({ chunkSize });
+    this.stream.on('data', (chunk: Buffer) => this.output.push(chunk));
+    this.stream.on('error', (error) => {
+      this.failure ??= error;
+      // zlib does not call back the write it failed on.
+      this.pending?.(error);
+    });
+  }
+
+  private pending: ((error: Error) => void) | undefined;
+
+  decode(frame: Buffer): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      if (this.failure) return reject(this.failure);
+      this.pending = reject;
+      // The write callback runs once zlib has consumed the frame and emitted all its output.
+      this.stream.write(frame, () => {
+        this.pending = undefined;
+        if (this.failure) return reject(this.failure);
+        const content = this.output.length === 1 ? this.output[0]! : Buffer.concat(this.output);
+        this.output = [];
+        resolve(content);
+      });
+    });
+  }
+
+  /** Ends the sequence; fails if the last frame was incomplete. */
+  finish(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (this.failure) return reject(this.failure);
+      this.stream.once('end', () => (this.output.length > 0 ? reject(new Error('zstd output after the last frame')) : resolve()));
+      this.stream.once('error', reject);
+      this.stream.end();
+    });
+  }
+
+  close(): void {
+    this.stream.destroy();
   }
 }

@@ -7,8 +7,12 @@
  * blocks that differ from the existing file are written.
  */
 import { constants } from 'node:fs';
-import { open, utimes, type FileHandle } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { PgarkError } from '../errors.ts';
+import { codecOfKey } from '../pipeline/codec.ts';
+import { decryptBuffer, isEncryptedKey } from '../pipeline/object-format.ts';
+import { ZstdFrameSequence } from '../pipeline/zstd-frames.ts';
+import { freeNow } from '../util/memory.ts';
 import type { Semaphore } from '../util/concurrency.ts';
 import type { Extent, ManifestEntry } from './backup-manifest.ts';
 import { decodeBlob } from './blob-check.ts';
@@ -18,7 +22,7 @@ import type { Repository } from './repository.ts';
 type FileEntry = Extract<ManifestEntry, { t: 'f' }>;
 
 /** Largest ranged GET, and the largest hole between two blobs still fetched in one range. */
-const RANGE_MAX = 16 * 1024 * 1024;
+const RANGE_MAX = 8 * 1024 * 1024;
 const RANGE_GAP_MAX = 256 * 1024;
 
 export interface RestoreOptions {
@@ -75,7 +79,6 @@ export function planRanges(blobs: Iterable<BlobRef>): Range[] {
 /** Downloads one range; a missing or short pack is an INTEGRITY error. */
 export async function fetchRange(repo: Repository, range: Range): Promise<Buffer> {
   if (!isValidPackId(range.packId)) throw new PgarkError('INTEGRITY', `invalid pack id "${range.packId}" in a manifest`, { hint: 'the repository has been tampered with or is damaged' });
-  const chunks: Buffer[] = [];
   let body;
   try {
     body = await repo.storage.get(packKey(range.packId), { start: range.start, end: range.end - 1 });
@@ -86,9 +89,16 @@ export async function fetchRange(repo: Repository, range: Range): Promise<Buffer
     }
     throw error;
   }
-  for await (const chunk of body) chunks.push(chunk as Buffer);
-  const data = Buffer.concat(chunks);
-  if (data.length !== range.end - range.start) {
+  // Into one buffer of the expected size: no list of chunks and second copy of the range.
+  const data = Buffer.allocUnsafeSlow(range.end - range.start);
+  let filled = 0;
+  for await (const chunk of body) {
+    const piece = chunk as Buffer;
+    if (filled + piece.length > data.length) throw new PgarkError('INTEGRITY', `pack ${range.packId} returned more bytes than asked for (bytes ${range.start}-${range.end - 1})`);
+    piece.copy(data, filled);
+    filled += piece.length;
+  }
+  if (filled !== data.length) {
     throw new PgarkError('INTEGRITY', `pack ${range.packId} is shorter than its manifest says (wanted bytes ${range.start}-${range.end - 1})`, { hint: 'the pack was truncated or replaced' });
   }
   return data;
@@ -119,34 +129,75 @@ export async function restoreFiles(repo: Repository, files: readonly FileToResto
       try {
         const data = await fetchRange(repo, range);
         const key = packKey(range.packId);
-        for (const blob of range.blobs) {
-          const stored = data.subarray(blob.offset - range.start, blob.offset - range.start + blob.length);
-          const content = await decodeBlob(stored, key, blob, options.identities);
-          for (const { file, extent } of uses.get(`${range.packId}@${blob.offset}`)!) {
-            const [first, count, , , , skip] = extent;
-            const start = skip * options.blockSize;
-            const end = Math.min(start + count * options.blockSize, content.length);
-            const part = content.subarray(start, end);
-            const position = first * options.blockSize;
-            // (await first, then add: `written += await …` would read `written` before awaiting.)
-            const bytes = options.delta ? await writeChangedBlocks(handles[file]!, part, position, options.blockSize) : (await handles[file]!.write(part, 0, part.length, position)).bytesWritten;
-            written += bytes;
-            options.onBytes?.(part.length);
+        const decoder = rangeDecoder(key, options.identities);
+        try {
+          for (const blob of range.blobs) {
+            const stored = data.subarray(blob.offset - range.start, blob.offset - range.start + blob.length);
+            const content = await decoder.decode(stored, blob);
+            for (const { file, extent } of uses.get(`${range.packId}@${blob.offset}`)!) {
+              const [first, count, , , , skip] = extent;
+              const entry = files[file]!.entry;
+              const start = skip * options.blockSize;
+              const part = content.subarray(start, start + count * options.blockSize);
+              // Every block but a file's last is whole; a blob shorter than its extents is damage.
+              if (part.length !== Math.min(count * options.blockSize, entry.s - first * options.blockSize)) {
+                throw new PgarkError('INTEGRITY', `a blob in pack ${range.packId} (offset ${blob.offset}) is shorter than ${entry.p} needs`, { hint: 'the repository has been tampered with or is damaged' });
+              }
+              const position = first * options.blockSize;
+              // (await first, then add: `written += await …` would read `written` before awaiting.)
+              const bytes = options.delta ? await writeChangedBlocks(handles[file]!, part, position, options.blockSize) : (await handles[file]!.write(part, 0, part.length, position)).bytesWritten;
+              written += bytes;
+              options.onBytes?.(part.length);
+            }
+            freeNow(content);
           }
+          await decoder.finish().catch((error: unknown) => {
+            throw new PgarkError('INTEGRITY', `the last blob fetched from pack ${range.packId} is damaged: ${(error as Error).message}`, { cause: error });
+          });
+        } finally {
+          decoder.close();
+          freeNow(data);
         }
       } finally {
         release();
       }
     }));
-    for (let i = 0; i < files.length; i++) await handles[i]!.truncate(files[i]!.entry.s);
+    await Promise.all(files.map(async (file, i) => {
+      // A new file (O_TRUNC) is exactly as long as the blocks written into it; an existing one
+      // (delta) may be longer.
+      if (options.delta) await handles[i]!.truncate(file.entry.s);
+      const mtime = new Date(file.entry.mt);
+      await handles[i]!.utimes(mtime, mtime);
+    }));
   } finally {
     await Promise.all(handles.map((handle) => handle.close()));
   }
-  for (const file of files) {
-    const mtime = new Date(file.entry.mt);
-    await utimes(file.absolute, mtime, mtime);
-  }
   return { written };
+}
+
+interface RangeDecoder {
+  decode(stored: Buffer, where: BlobRef): Promise<Buffer>;
+  finish(): Promise<void>;
+  close(): void;
+}
+
+/** Decodes the blobs of one range in order: zstd blobs through one decompression context. */
+function rangeDecoder(key: string, identities: readonly string[]): RangeDecoder {
+  if (codecOfKey(key) !== 'zstd') return { decode: (stored, where) => decodeBlob(stored, key, where, identities), finish: async () => {}, close: () => {} };
+  const frames = new ZstdFrameSequence();
+  const encrypted = isEncryptedKey(key);
+  return {
+    decode: async (stored, where) => {
+      try {
+        return await frames.decode(encrypted ? await decryptBuffer(stored, identities) : stored);
+      } catch (error) {
+        if (error instanceof PgarkError) throw error;
+        throw new PgarkError('INTEGRITY', `a blob in pack ${where.packId} (offset ${where.offset}) is damaged: ${(error as Error).message}`, { cause: error });
+      }
+    },
+    finish: () => frames.finish(),
+    close: () => frames.close(),
+  };
 }
 
 async function writeChangedBlocks(handle: FileHandle, data: Buffer, position: number, blockSize: number): Promise<number> {

@@ -1,0 +1,14 @@
+/**
+ * Frees a large buffer's memory at once instead of at some later garbage collection. V8 starts a
+ * full collection for about every 64 MiB of buffers allocated; streaming gigabytes through 1 MiB
+ * buffers made that a second of CPU per restore. Detaching the buffer (ArrayBuffer.transfer to
+ * length 0) releases its backing store immediately.
+ *
+ * Only for a buffer that owns its whole ArrayBuffer (not a slice of a shared one) and that no
+ * one will read again: afterwards every view of it is empty. Anything else is left to the GC.
+ */
+export function freeNow(buffer: Buffer): void {
+  if (buffer.byteOffset !== 0 || buffer.length !== buffer.buffer.byteLength || buffer.buffer instanceof SharedArrayBuffer) return;
+  // (ES2024; Node has it since 21: typed here because the project's lib setting predates it.)
+  (buffer.buffer as ArrayBuffer & { transfer(length: number): ArrayBuffer }).transfer(0);
+}
