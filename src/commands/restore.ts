@@ -143,6 +143,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     await mkdir(targetDir, { recursive: true, mode: 0o700 });
     await chmod(targetDir, 0o700);
     const progress = createProgress(`restore ${backup.id}`, backup.size);
+    // Only a delta restore needs every path (to remove the others afterwards).
     const expected = new Set<string>();
     const tablespaceLocations: string[] = [];
     const running = new Set<Promise<void>>();
@@ -178,7 +179,7 @@ export async function run(ctx: CommandContext): Promise<number> {
         continue;
       }
       const path = safePath(entry.p);
-      expected.add(path);
+      if (delta) expected.add(path);
       const absolute = join(targetDir, path);
       if (entry.t === 'd') {
         await mkdir(absolute, { recursive: true, mode: entry.m & 0o777 });

@@ -7,6 +7,36 @@
  */
 import { constants, createZstdCompress, createZstdDecompress, type ZstdCompress, type ZstdDecompress } from 'node:zlib';
 
+const ZSTD_MAGIC = 0xfd2fb528;
+
+/**
+ * The length of the zstd frame starting at `offset` (RFC 8878, section 3.1.1), from its header
+ * and block headers alone; undefined when the bytes there are not a whole frame. Used to feed a
+ * decompressor exactly one frame at a time and to trim the empty frame zlib sometimes appends.
+ */
+export function zstdFrameLength(data: Buffer, offset = 0): number | undefined {
+  if (data.length - offset < 6 || data.readUInt32LE(offset) !== ZSTD_MAGIC) return undefined;
+  const descriptor = data[offset + 4]!;
+  const contentSizeFlag = descriptor >> 6;
+  const singleSegment = (descriptor >> 5) & 1;
+  const checksum = (descriptor >> 2) & 1;
+  const dictionaryIdBytes = [0, 1, 2, 4][descriptor & 3]!;
+  const contentSizeBytes = [singleSegment, 2, 4, 8][contentSizeFlag]!;
+  let position = offset + 5 + (singleSegment ? 0 : 1) + dictionaryIdBytes + contentSizeBytes;
+  for (;;) {
+    if (position + 3 > data.length) return undefined;
+    const header = data.readUIntLE(position, 3);
+    const last = header & 1;
+    const type = (header >> 1) & 3;
+    const size = header >>> 3;
+    if (type === 3) return undefined; // reserved
+    position += 3 + (type === 1 ? 1 : size); // an RLE block stores its one byte
+    if (last) break;
+  }
+  position += checksum ? 4 : 0;
+  return position <= data.length ? position - offset : undefined;
+}
+
 class FrameCompressor {
   private readonly stream: ZstdCompress;
   private output: Buffer[] = [];
@@ -31,9 +61,12 @@ class FrameCompressor {
       this.stream.write(content);
       this.stream.flush(constants.ZSTD_e_end, () => {
         if (this.failure) return reject(this.failure);
-        const frame = this.output.length === 1 ? this.output[0]! : Buffer.concat(this.output);
+        const output = this.output.length === 1 ? this.output[0]! : Buffer.concat(this.output);
         this.output = [];
-        resolve(frame);
+        // When zlib's output buffer fills up exactly at the end of the frame, it calls zstd with
+        // ZSTD_e_end once more, which starts and ends a second, empty frame: drop it.
+        const length = zstdFrameLength(output);
+        resolve(length !== undefined && length < output.length ? output.subarray(0, length) : output);
       });
     });
   }
@@ -59,11 +92,12 @@ export async function zstdFrame(content: Buffer, level: number): Promise<Buffer>
 }
 
 /**
- * Decompresses a sequence of zstd frames (the blobs of one ranged GET, in order) with one
- * decompression context, returning each frame's content separately. zlib's one-shot
+ * Decompresses a sequence of zstd blobs (those of one ranged GET, in order) with one
+ * decompression context, returning each blob's content separately. zlib's one-shot
  * zstdDecompress makes a context per call and copies its output once more; here a 1 MiB blob
- * comes out as one buffer. Each `decode` must be given exactly one whole frame: a frame cut
- * short either fails its content checksum when the next one is read into it, or fails `finish`.
+ * comes out as one buffer. Frame boundaries are read from the frame headers, so a blob cut
+ * short is refused before it reaches the decompressor; damage inside a frame fails its
+ * content checksum.
  */
 export class ZstdFrameSequence {
   private readonly stream: ZstdDecompress;
@@ -82,7 +116,25 @@ export class ZstdFrameSequence {
 
   private pending: ((error: Error) => void) | undefined;
 
-  decode(frame: Buffer): Promise<Buffer> {
+  /**
+   * The content of one blob. A blob is normally one frame; older writers sometimes appended an
+   * empty frame, and zlib ends the stream when a write holds more than one frame, so each
+   * frame is written on its own.
+   */
+  async decode(blob: Buffer): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    let offset = 0;
+    do {
+      const length = zstdFrameLength(blob, offset);
+      if (length === undefined) throw new Error(`not a whole zstd frame at byte ${offset} of ${blob.length}`);
+      const part = await this.decodeFrame(blob.subarray(offset, offset + length));
+      if (part.length > 0 || parts.length === 0) parts.push(part);
+      offset += length;
+    } while (offset < blob.length);
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  }
+
+  private decodeFrame(frame: Buffer): Promise<Buffer> {
     return new Promise((resolve, reject) => {
       if (this.failure) return reject(this.failure);
       this.pending = reject;
