@@ -101,11 +101,11 @@ class ExtentSlicer {
     while (this.next < this.extents.length && this.extents[this.next]![0] + this.extents[this.next]![1] <= from) this.next++;
     let blocks = 0;
     for (let i = this.next; i < this.extents.length && this.extents[i]![0] < end; i++) {
-      const [first, length, packId, offset, stored, skip] = this.extents[i]!;
+      const [first, length, packId, offset, stored, skip, ...checksum] = this.extents[i]!;
       const start = Math.max(first, from);
       const stop = Math.min(first + length, end);
       if (start < stop) {
-        out.push([start, stop - start, packId, offset, stored, skip + (start - first)]);
+        out.push([start, stop - start, packId, offset, stored, skip + (start - first), ...checksum]);
         blocks += stop - start;
       }
     }
