@@ -5,10 +5,11 @@
  * length 0) releases its backing store immediately.
  *
  * Only for a buffer that owns its whole ArrayBuffer (not a slice of a shared one) and that no
- * one will read again: afterwards every view of it is empty. Anything else is left to the GC.
+ * one will read again: afterwards every view of it is empty. Anything else (a slice, an empty or
+ * already freed buffer) is left to the GC.
  */
 export function freeNow(buffer: Buffer): void {
-  if (buffer.byteOffset !== 0 || buffer.length !== buffer.buffer.byteLength || buffer.buffer instanceof SharedArrayBuffer) return;
+  if (buffer.length === 0 || buffer.byteOffset !== 0 || buffer.length !== buffer.buffer.byteLength || buffer.buffer instanceof SharedArrayBuffer) return;
   // (ES2024; Node has it since 21: typed here because the project's lib setting predates it.)
   (buffer.buffer as ArrayBuffer & { transfer(length: number): ArrayBuffer }).transfer(0);
 }
