@@ -12,6 +12,7 @@ import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { encodeBuffer, type WriteFormat } from '../pipeline/object-format.ts';
 import { isNewPage, pageChecksum, pageLsn, RELSEG_BLOCKS, storedChecksum } from '../postgres/page.ts';
+import { badChecksumPages } from '../postgres/page-checksums.ts';
 import type { Extent, ManifestEntry } from './backup-manifest.ts';
 import { blobChecksum, needsBlobChecksum } from './blob-check.ts';
 import type { PackWriter } from './packs.ts';
@@ -276,11 +277,10 @@ export async function backupFile(
           if (baseExtents && number + i < baseBlocks && whole) lsn = pageLsn(buffer, offset);
           unchanged[i] = lsn > 0 && lsn < baseStartLsn ? 1 : 0;
           if (!unchanged[i]) changedBlocks++;
-          if (verify && whole) {
-            const page = buffer.subarray(offset, offset + blockSize);
-            if (!isNewPage(page) && pageChecksum(page, firstBlockNumber + number + i) !== storedChecksum(page)) {
-              if (await confirmChecksumError(file.absolute, number + i, firstBlockNumber, ctx)) checksumErrors.push(number + i);
-            }
+        }
+        if (verify) {
+          for (const i of badChecksumPages(buffer, bytesRead, blockSize, firstBlockNumber + number)) {
+            if (await confirmChecksumError(file.absolute, number + i, firstBlockNumber, ctx)) checksumErrors.push(number + i);
           }
         }
         if (changedBlocks === blocks && builder.empty) {

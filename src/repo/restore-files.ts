@@ -6,8 +6,8 @@
  * blob, once decoded, is written to every extent that points into it; with `delta`, only
  * blocks that differ from the existing file are written.
  */
-import { constants } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { closeSync, constants, futimesSync, ftruncateSync, openSync, read, write, writeSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { PgarkError } from '../errors.ts';
 import { codecOfKey } from '../pipeline/codec.ts';
 import { decryptBuffer, isEncryptedKey } from '../pipeline/object-format.ts';
@@ -97,6 +97,8 @@ export async function fetchRange(repo: Repository, range: Range): Promise<Buffer
     if (filled + piece.length > data.length) throw new PgarkError('INTEGRITY', `pack ${range.packId} returned more bytes than asked for (bytes ${range.start}-${range.end - 1})`);
     piece.copy(data, filled);
     filled += piece.length;
+    // The chunk is ours once the stream has handed it over, and copied now.
+    freeNow(piece);
   }
   if (filled !== data.length) {
     throw new PgarkError('INTEGRITY', `pack ${range.packId} is shorter than its manifest says (wanted bytes ${range.start}-${range.end - 1})`, { hint: 'the pack was truncated or replaced' });
@@ -120,10 +122,10 @@ export async function restoreFiles(repo: Repository, files: readonly FileToResto
 
   // O_NOFOLLOW: never write through a symlink planted at the file's own name.
   const flags = options.delta ? constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW : constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
-  const handles: FileHandle[] = [];
+  const fds: number[] = [];
   let written = 0;
   try {
-    for (const file of files) handles.push(await open(file.absolute, flags, file.entry.m & 0o777));
+    for (const file of files) fds.push(openSync(file.absolute, flags, file.entry.m & 0o777));
     await Promise.all(planRanges(blobs.values()).map(async (range) => {
       const release = await options.fetchers.acquire();
       try {
@@ -145,7 +147,7 @@ export async function restoreFiles(repo: Repository, files: readonly FileToResto
               }
               const position = first * options.blockSize;
               // (await first, then add: `written += await …` would read `written` before awaiting.)
-              const bytes = options.delta ? await writeChangedBlocks(handles[file]!, part, position, options.blockSize) : (await handles[file]!.write(part, 0, part.length, position)).bytesWritten;
+              const bytes = options.delta ? await writeChangedBlocks(fds[file]!, part, position, options.blockSize) : await writeAt(fds[file]!, part, 0, part.length, position);
               written += bytes;
               options.onBytes?.(part.length);
             }
@@ -162,15 +164,15 @@ export async function restoreFiles(repo: Repository, files: readonly FileToResto
         release();
       }
     }));
-    await Promise.all(files.map(async (file, i) => {
+    files.forEach((file, i) => {
       // A new file (O_TRUNC) is exactly as long as the blocks written into it; an existing one
       // (delta) may be longer.
-      if (options.delta) await handles[i]!.truncate(file.entry.s);
+      if (options.delta) ftruncateSync(fds[i]!, file.entry.s);
       const mtime = new Date(file.entry.mt);
-      await handles[i]!.utimes(mtime, mtime);
-    }));
+      futimesSync(fds[i]!, mtime, mtime);
+    });
   } finally {
-    await Promise.all(handles.map((handle) => handle.close()));
+    for (const fd of fds) closeSync(fd);
   }
   return { written };
 }
@@ -200,15 +202,36 @@ function rangeDecoder(key: string, identities: readonly string[]): RangeDecoder 
   };
 }
 
-async function writeChangedBlocks(handle: FileHandle, data: Buffer, position: number, blockSize: number): Promise<number> {
+/**
+ * Writes up to this size are made from the main thread. Restores of many small files, and of
+ * incrementals whose extents are a few blocks each, are mostly such writes; for them a round
+ * trip through libuv's thread pool and a promise cost several times the pwrite into the page
+ * cache. Larger writes go through the pool and overlap with decoding.
+ */
+const SYNC_WRITE_MAX = 256 * 1024;
+const writeAsync = promisify(write);
+const readAsync = promisify(read);
+
+async function writeAt(fd: number, data: Buffer, offset: number, length: number, position: number): Promise<number> {
+  let done = 0;
+  while (done < length) {
+    // pwrite may write less than asked (a signal, a full disk about to fail): go on from there.
+    const n = length - done <= SYNC_WRITE_MAX
+      ? writeSync(fd, data, offset + done, length - done, position + done)
+      : (await writeAsync(fd, data, offset + done, length - done, position + done)).bytesWritten;
+    done += n;
+  }
+  return done;
+}
+
+async function writeChangedBlocks(fd: number, data: Buffer, position: number, blockSize: number): Promise<number> {
   const existing = Buffer.alloc(data.length);
-  const { bytesRead } = await handle.read(existing, 0, data.length, position);
+  const { bytesRead } = await readAsync(fd, existing, 0, data.length, position);
   let written = 0;
   for (let offset = 0; offset < data.length; offset += blockSize) {
     const end = Math.min(offset + blockSize, data.length);
     if (end <= bytesRead && existing.subarray(offset, end).equals(data.subarray(offset, end))) continue;
-    await handle.write(data, offset, end - offset, position + offset);
-    written += end - offset;
+    written += await writeAt(fd, data, offset, end - offset, position + offset);
   }
   return written;
 }

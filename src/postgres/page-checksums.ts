@@ -1,0 +1,165 @@
+/**
+ * PostgreSQL data checksums for many pages at once, in WebAssembly SIMD: the same algorithm as
+ * page.ts's pageChecksum (checksum_impl.h: 32 FNV-1a-like lanes over the page's uint32 words),
+ * with the 32 lanes in eight 4-lane vectors, as PostgreSQL's own vectorised build computes
+ * them. About ten times faster than the scalar JavaScript, which cost a second of CPU per
+ * 1.5 GB backed up. Falls back to pageChecksum where WebAssembly SIMD is missing.
+ *
+ * The module is assembled below from its instructions (no toolchain, nothing opaque):
+ *   checksum(offset, blockNumber, blockSize) -> i32
+ * computes the checksum of the page at `offset` in the module's memory, after zeroing its
+ * pd_checksum field there (a copy of the caller's page).
+ */
+import { isNewPage, pageChecksum, storedChecksum } from './page.ts';
+
+const FNV_PRIME = 16777619;
+const BASE_OFFSETS = [
+  0x5b1f36e9, 0xb8525960, 0x02ab50aa, 0x1de66d2a, 0x79ff467a, 0x9bb9f8a3, 0x217e7cd2, 0x83e13d2c,
+  0xf8d4474f, 0xe39eb970, 0x42c6ae16, 0x993216fa, 0x7b093b5d, 0x98daff3c, 0xf718902a, 0x0b1c9cdb,
+  0xe58f764b, 0x187636bc, 0x5d7b3bb1, 0xe73de7de, 0x92bec979, 0xcca6c0b2, 0x304a0979, 0x85aa43d4,
+  0x783125bb, 0x6ca8eaa2, 0xe407eac6, 0x4b5cfc3e, 0x9fbf8c76, 0x15ca20be, 0xf2ca9fd3, 0x959bd756,
+];
+
+// ---- a minimal WebAssembly assembler ----------------------------------------------------------
+const uleb = (n: number): number[] => {
+  const out: number[] = [];
+  do {
+    let byte = n & 0x7f;
+    n >>>= 7;
+    if (n !== 0) byte |= 0x80;
+    out.push(byte);
+  } while (n !== 0);
+  return out;
+};
+const sleb = (n: number): number[] => {
+  const out: number[] = [];
+  for (;;) {
+    const byte = n & 0x7f;
+    n >>= 7;
+    if ((n === 0 && (byte & 0x40) === 0) || (n === -1 && (byte & 0x40) !== 0)) return [...out, byte];
+    out.push(byte | 0x80);
+  }
+};
+const vec = (items: number[][]): number[] => [...uleb(items.length), ...items.flat()];
+const section = (id: number, body: number[]): number[] => [id, ...uleb(body.length), ...body];
+const name = (text: string): number[] => vec([...Buffer.from(text)].map((b) => [b]));
+const u32x4 = (lanes: number[]): number[] => [...Buffer.from(new Uint32Array(lanes).buffer)];
+
+const I32 = 0x7f;
+const V128 = 0x7b;
+const op = {
+  localGet: (i: number) => [0x20, ...uleb(i)],
+  localSet: (i: number) => [0x21, ...uleb(i)],
+  localTee: (i: number) => [0x22, ...uleb(i)],
+  i32Const: (n: number) => [0x41, ...sleb(n)],
+  i32Add: [0x6a],
+  i32LtU: [0x49],
+  i32Xor: [0x73],
+  i32RemU: [0x70],
+  i32Store16: (offset: number) => [0x3b, 1, ...uleb(offset)],
+  loop: [0x03, 0x40],
+  end: [0x0b],
+  brIf: (label: number) => [0x0d, ...uleb(label)],
+  v128Load: (offset: number) => [0xfd, ...uleb(0x00), 0, ...uleb(offset)],
+  v128Const: (bytes: number[]) => [0xfd, ...uleb(0x0c), ...bytes],
+  v128Xor: [0xfd, ...uleb(0x51)],
+  i32x4Mul: [0xfd, ...uleb(0xb5)],
+  i32x4ShrU: [0xfd, ...uleb(0xad)],
+  i32x4ExtractLane: (lane: number) => [0xfd, ...uleb(0x1b), lane],
+};
+
+function checksumModule(): Uint8Array {
+  // Locals: 0 offset, 1 blockNumber, 2 blockSize (params); 3-10 the eight lane vectors; 11 t; 12 i; 13 end.
+  const lanes = (k: number) => 3 + k;
+  const T = 11;
+  const I = 12;
+  const END = 13;
+  const prime = op.v128Const(u32x4([FNV_PRIME, FNV_PRIME, FNV_PRIME, FNV_PRIME]));
+  // sums = (t * FNV_PRIME) ^ (t >> 17), on the vector in local T
+  const mix = (k: number) => [...op.localTee(T), ...prime, ...op.i32x4Mul, ...op.localGet(T), ...op.i32Const(17), ...op.i32x4ShrU, ...op.v128Xor, ...op.localSet(lanes(k))];
+  const code: number[] = [
+    // pd_checksum counts as zero
+    ...op.localGet(0), ...op.i32Const(0), ...op.i32Store16(8),
+    ...[0, 1, 2, 3, 4, 5, 6, 7].flatMap((k) => [...op.v128Const(u32x4(BASE_OFFSETS.slice(4 * k, 4 * k + 4))), ...op.localSet(lanes(k))]),
+    ...op.localGet(0), ...op.localSet(I),
+    ...op.localGet(0), ...op.localGet(2), ...op.i32Add, ...op.localSet(END),
+    // each row of 32 words: lane j takes word j
+    ...op.loop,
+    ...[0, 1, 2, 3, 4, 5, 6, 7].flatMap((k) => [...op.localGet(lanes(k)), ...op.localGet(I), ...op.v128Load(16 * k), ...op.v128Xor, ...mix(k)]),
+    ...op.localGet(I), ...op.i32Const(128), ...op.i32Add, ...op.localTee(I), ...op.localGet(END), ...op.i32LtU, ...op.brIf(0),
+    ...op.end,
+    // two rounds of zeroes
+    ...[0, 1].flatMap(() => [0, 1, 2, 3, 4, 5, 6, 7].flatMap((k) => [...op.localGet(lanes(k)), ...mix(k)])),
+    // xor of all 32 lanes, ^ blockNumber, reduced to 1..65535
+    ...op.localGet(lanes(0)),
+    ...[1, 2, 3, 4, 5, 6, 7].flatMap((k) => [...op.localGet(lanes(k)), ...op.v128Xor]),
+    ...op.localTee(T), ...op.i32x4ExtractLane(0),
+    ...[1, 2, 3].flatMap((lane) => [...op.localGet(T), ...op.i32x4ExtractLane(lane), ...op.i32Xor]),
+    ...op.localGet(1), ...op.i32Xor,
+    ...op.i32Const(65535), ...op.i32RemU, ...op.i32Const(1), ...op.i32Add,
+    ...op.end,
+  ];
+  const body = [...vec([[8, V128], [1, V128], [2, I32]]), ...code];
+  return new Uint8Array([
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    ...section(1, vec([[0x60, ...vec([[I32], [I32], [I32]]), ...vec([[I32]])]])), // type: (i32 i32 i32) -> i32
+    ...section(3, vec([[0]])), // one function of type 0
+    ...section(5, vec([[0x00, 1]])), // one memory, at least 64 KiB
+    ...section(7, vec([[...name('memory'), 0x02, 0], [...name('checksum'), 0x00, 0]])),
+    ...section(10, vec([[...uleb(body.length), ...body]])),
+  ]);
+}
+
+// The project's TypeScript lib has no WebAssembly declarations: the little used here.
+interface WasmMemory {
+  readonly buffer: ArrayBuffer;
+  grow(pages: number): number;
+}
+const { WebAssembly: wasm } = globalThis as unknown as {
+  WebAssembly: { Module: new (bytes: Uint8Array) => object; Instance: new (module: object) => { exports: unknown } };
+};
+
+interface ChecksumModule {
+  memory: WasmMemory;
+  checksum: (offset: number, blockNumber: number, blockSize: number) => number;
+}
+
+let loaded: ChecksumModule | null | undefined;
+
+function module(): ChecksumModule | null {
+  if (loaded !== undefined) return loaded;
+  try {
+    const instance = new wasm.Instance(new wasm.Module(checksumModule()));
+    loaded = instance.exports as unknown as ChecksumModule;
+  } catch {
+    loaded = null; // no WebAssembly SIMD here: scalar JavaScript
+  }
+  return loaded;
+}
+
+/**
+ * Block numbers (relative to `buffer`, 0-based) of the whole, initialised pages among the
+ * first `bytes` of `buffer` whose stored checksum is wrong; page i is block firstBlock + i.
+ */
+export function badChecksumPages(buffer: Buffer, bytes: number, blockSize: number, firstBlock: number): number[] {
+  const bad: number[] = [];
+  const pages = Math.floor(bytes / blockSize);
+  const simd = blockSize % 128 === 0 ? module() : null;
+  if (simd) {
+    const needed = pages * blockSize;
+    if (simd.memory.buffer.byteLength < needed) simd.memory.grow(Math.ceil((needed - simd.memory.buffer.byteLength) / 65536));
+    const memory = new Uint8Array(simd.memory.buffer);
+    memory.set(buffer.subarray(0, needed));
+    for (let i = 0; i < pages; i++) {
+      const page = buffer.subarray(i * blockSize, (i + 1) * blockSize);
+      if (isNewPage(page)) continue;
+      if (simd.checksum(i * blockSize, firstBlock + i, blockSize) !== storedChecksum(page)) bad.push(i);
+    }
+    return bad;
+  }
+  for (let i = 0; i < pages; i++) {
+    const page = buffer.subarray(i * blockSize, (i + 1) * blockSize);
+    if (!isNewPage(page) && pageChecksum(page, firstBlock + i) !== storedChecksum(page)) bad.push(i);
+  }
+  return bad;
+}
