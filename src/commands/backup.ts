@@ -118,7 +118,9 @@ export async function run(ctx: CommandContext): Promise<number> {
     await writeBackupStart(repo, { format: 1, id, systemIdentifier: info.systemIdentifier, timeline: start.timeline, startLsn: start.startLsn, startedAt: start.startedAt.toISOString() });
 
     const format = await repo.writeFormat();
-    packs = new PackWriter(repo, format, { targetSize: 16 * 1024 * 1024, maxUploads: 2, signal: ctx.signal });
+    // 8 MiB: one PutObject each (within the default part size, no multipart copies of parts),
+    // and a bounded memory of three packs (one filling, two uploading).
+    packs = new PackWriter(repo, format, { targetSize: 8 * 1024 * 1024, maxUploads: 2, signal: ctx.signal });
     manifest = await ManifestWriter.open(repo, id, format, ctx.signal);
     const checkpoints = new CheckpointWriter(repo, id, format, packs, config['backup-checkpoint-interval']);
     const cursor = base ? new BaseManifestCursor(readManifest(repo, base) as AsyncIterable<{ t: string; p?: string }>) : undefined;

@@ -41,6 +41,8 @@ export class PackWriter {
   /** Appends an encoded blob; waits when too many packs are uploading (bounded memory). */
   async add(blob: Buffer): Promise<BlobLocation> {
     this.throwIfFailed();
+    // A pack stays within the target size (a blob larger than it gets a pack of its own).
+    if (this.current && this.current.size > 0 && this.current.size + blob.length > this.targetSize) await this.seal();
     if (!this.current) this.current = { id: randomBytes(12).toString('hex') + this.suffix, chunks: [], size: 0 };
     const location = { packId: this.current.id, offset: this.current.size, length: blob.length };
     this.current.chunks.push(blob);
