@@ -102,6 +102,9 @@ export async function run(ctx: CommandContext): Promise<number> {
     const start = await startBackup(client, info.majorVersion, label);
     backupRunning = true;
     const startLsn = parseLsn(start.startLsn);
+    // Taken after the start checkpoint: a transaction at or above this xmin commits after the
+    // backup's redo point, so a restore to it may start from this backup (restore.ts).
+    const startXmin = (await client.query<{ xmin: string }>('SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin')).rows[0]!.xmin;
 
     const all = await listBackups(repo);
     const previous = ctx.options.full ? [] : all.filter((b) => b.systemIdentifier === identity.postgres.systemIdentifier && b.timeline === start.timeline && parseLsn(b.startLsn) < startLsn);
@@ -215,6 +218,7 @@ export async function run(ctx: CommandContext): Promise<number> {
       startWal,
       stopWal,
       startedAt: start.startedAt.toISOString(),
+      startXmin,
       stoppedAt: stop.stoppedAt.toISOString(),
       blockSize,
       fromStandby: info.inRecovery,

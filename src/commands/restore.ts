@@ -54,7 +54,7 @@ export function targetOf(options: CommandContext['options']): Target {
   return target;
 }
 
-/** The backup to restore for a target: the newest that was complete before it. */
+/** The backup to restore for a target: the newest that was complete before it (and can reach it). */
 export function chooseBackup(backups: readonly BackupSummary[], target: Target, set: string | undefined): BackupSummary {
   if (backups.length === 0) throw new PgarkError('NOT_FOUND', 'the repository has no backup', { hint: 'take one with `pgark backup`', exitCode: 2 });
   if (set) {
@@ -76,7 +76,33 @@ export function chooseBackup(backups: readonly BackupSummary[], target: Target, 
       throw new PgarkError('NOT_FOUND', `no backup ended before LSN ${target.value}; the earliest restorable LSN is ${backups[0]!.stopLsn}`, { exitCode: 2 });
     }
   }
-  return candidates.sort((a, b) => Date.parse(a.stoppedAt) - Date.parse(b.stoppedAt)).at(-1)!;
+  candidates.sort((a, b) => Date.parse(a.stoppedAt) - Date.parse(b.stoppedAt));
+  if (target.kind === 'xid') {
+    // The newest backup that started before the transaction could have committed; without
+    // that record (older backups) only the oldest backup is sure to reach it.
+    const reaching = candidates.filter((b) => b.startXmin !== undefined && xidAtOrAfter(target.value!, b.startXmin));
+    if (reaching.length > 0) return reaching.at(-1)!;
+    if (candidates.every((b) => b.startXmin !== undefined)) {
+      throw new PgarkError('NOT_FOUND', `transaction ${target.value} ended before the oldest backup started`, { hint: '`pgark info` lists the backups; an older backup would be needed', exitCode: 2 });
+    }
+    return candidates[0]!;
+  }
+  // A restore point's place in the WAL is not known without reading it: the oldest backup
+  // reaches every restore point made since (--set picks a newer one when you know better).
+  if (target.kind === 'name') return candidates[0]!;
+  return candidates.at(-1)!;
+}
+
+/** Whether transaction `xid` (32-bit, or 64-bit with epoch) is at or after the 64-bit `xmin`. */
+function xidAtOrAfter(xid: string, xmin: string): boolean {
+  const full = BigInt(xid);
+  const floor = BigInt(xmin);
+  if (full >= 1n << 32n) return full >= floor;
+  // A 32-bit xid: in the epoch that puts it nearest to xmin (xids are compared modulo 2^32).
+  let candidate = (floor & ~0xffffffffn) | full;
+  if (candidate - floor > 1n << 31n) candidate -= 1n << 32n;
+  else if (floor - candidate > 1n << 31n) candidate += 1n << 32n;
+  return candidate >= floor;
 }
 
 /** A manifest path, checked: relative, no ".." or "." segments, no NUL. */

@@ -70,6 +70,9 @@ const BackupSummarySchema = z.object({
   keep: z.boolean().default(false),
   /** Pages that failed their data checksum while being read (first 1,000). */
   pageChecksumErrors: z.array(z.object({ path: z.string(), block: z.number().int() })).optional(),
+  /** Oldest transaction (full 64-bit xid) still running just after the backup started: a
+   * --target-xid at or above it can be reached from this backup. Absent in older backups. */
+  startXmin: z.string().regex(/^\d+$/).optional(),
 });
 export type BackupSummary = z.infer<typeof BackupSummarySchema>;
 

@@ -130,8 +130,8 @@ test('chooseBackup: the newest backup that ended before the target', () => {
   const pick = (kind: 'latest' | 'time' | 'lsn' | 'xid' | 'name' | 'immediate', value?: string, set?: string) => chooseBackup(ALL, { kind, value }, set).id;
   assert.equal(pick('latest'), B3.id);
   assert.equal(pick('immediate'), B3.id);
-  assert.equal(pick('xid', '1234'), B3.id, 'an xid cannot be placed in time: the newest');
-  assert.equal(pick('name', 'rp'), B3.id);
+  assert.equal(pick('xid', '1234'), B1.id, 'backups without startXmin cannot place an xid: the oldest reaches it');
+  assert.equal(pick('name', 'rp'), B1.id, 'a restore point cannot be placed without reading WAL: the oldest reaches it');
   assert.equal(pick('time', '2026-11-21 10:00:05+00'), B1.id, 'a backup that stopped exactly at the target qualifies');
   assert.equal(pick('time', '2026-11-21 11:00:04.999+00'), B1.id, 'still running at the target: the one before');
   assert.equal(pick('time', '2026-11-21 11:00:05.001+00'), B2.id);
@@ -145,6 +145,26 @@ test('chooseBackup: the newest backup that ended before the target', () => {
   assert.equal(pick('time', '2026-11-21 10:30:00+00', B3.id), B3.id, '--set wins over the target');
   // the input order does not matter
   assert.equal(chooseBackup([B3, B1, B2], { kind: 'time', value: '2026-11-21 11:30:00+00' }, undefined).id, B2.id);
+});
+
+test('chooseBackup: --target-xid picks the newest backup that started before the transaction could commit', () => {
+  const X1 = { ...B1, startXmin: '1000' };
+  const X2 = { ...B2, startXmin: '5000' };
+  const X3 = { ...B3, startXmin: '9000' };
+  const pick = (xid: string, backups: BackupSummary[] = [X1, X2, X3]) => chooseBackup(backups, { kind: 'xid', value: xid }, undefined).id;
+  assert.equal(pick('1000'), B1.id, 'running at the start of B1');
+  assert.equal(pick('4999'), B1.id);
+  assert.equal(pick('5000'), B2.id);
+  assert.equal(pick('100000'), B3.id);
+  assert.equal(pick('6000', [X1, X2, B3]), B2.id, 'a newest backup without startXmin is passed over');
+  assert.throws(() => pick('999', [X1, X2]), (e: unknown) => isPgarkError(e, 'NOT_FOUND') && /ended before the oldest backup/.test(e.message));
+  assert.equal(pick('999', [B1, X2]), B1.id, 'an old backup without startXmin: the oldest');
+  // across an xid wraparound (epoch 3 to 4)
+  const Y1 = { ...B1, startXmin: String(3n * 2n ** 32n + 4294967000n) };
+  const Y2 = { ...B2, startXmin: String(4n * 2n ** 32n + 100n) };
+  assert.equal(pick('4294967100', [Y1, Y2]), B1.id, 'a 32-bit xid from just before the wraparound');
+  assert.equal(pick('150', [Y1, Y2]), B2.id, 'a 32-bit xid from just after it');
+  assert.equal(pick(String(4n * 2n ** 32n + 99n), [Y1, Y2]), B1.id, 'a 64-bit xid');
 });
 
 test('chooseBackup: clear errors when nothing fits', () => {
