@@ -121,13 +121,18 @@ export async function* readCheckpointEntries(repo: Repository, resumable: Resuma
  * is written, and `maybeCheckpoint` after; every `intervalMs` it makes the entries so far
  * durable (their packs stored) and writes them as the next checkpoint.
  */
+/** The most manifest text a running backup holds for its next checkpoint. */
+const CHECKPOINT_MAX_BYTES = 8 * 1024 * 1024;
+
 export class CheckpointWriter {
   private readonly repo: Repository;
   private readonly id: string;
   private readonly format: WriteFormat;
   private readonly packs: PackWriter;
   private readonly intervalMs: number;
-  private entries: FileEntry[] = [];
+  /** Manifest lines of the files stored since the last checkpoint. */
+  private lines: string[] = [];
+  private bytes = 0;
   private last = Date.now();
   private written = 0;
 
@@ -140,20 +145,27 @@ export class CheckpointWriter {
   }
 
   add(entry: ManifestEntry): void {
-    if (this.intervalMs > 0 && entry.t === 'f') this.entries.push(entry);
+    if (this.intervalMs <= 0 || entry.t !== 'f') return;
+    const line = JSON.stringify(entry) + '\n';
+    this.lines.push(line);
+    this.bytes += line.length;
   }
 
+  /** Checkpoints when the interval has passed, or earlier when the lines held reach
+   * CHECKPOINT_MAX_BYTES: memory must not grow with the number of files (100,000s of relations). */
   async maybeCheckpoint(): Promise<void> {
-    if (this.intervalMs <= 0 || this.entries.length === 0 || Date.now() - this.last < this.intervalMs) return;
-    const entries = this.entries;
-    this.entries = [];
+    if (this.intervalMs <= 0 || this.lines.length === 0) return;
+    if (Date.now() - this.last < this.intervalMs && this.bytes < CHECKPOINT_MAX_BYTES) return;
+    const lines = this.lines;
+    this.lines = [];
+    this.bytes = 0;
     // Every blob these entries reference was added to a pack before this call.
     await this.packs.flush();
-    const content = Buffer.from(entries.map((entry) => JSON.stringify(entry) + '\n').join(''));
+    const content = Buffer.from(lines.join(''));
     const key = backupCheckpointKey(this.id, ++this.written, suffixOf(this.format));
     await this.repo.storage.put(key, await encodeBuffer(content, this.format), { kind: 'meta' });
     this.last = Date.now();
-    log.debug(`backup ${this.id}: checkpoint ${this.written}`, { files: entries.length });
+    log.debug(`backup ${this.id}: checkpoint ${this.written}`, { files: lines.length });
   }
 }
 
