@@ -16,13 +16,36 @@ export interface BlobLocation {
   length: number;
 }
 
+/**
+ * Blobs below this size are copied into shared segments of SEGMENT_SIZE: a pack of 8 KiB files
+ * holds 100,000s of blobs of ~60 bytes, and a Buffer object for each cost more heap than the
+ * bytes themselves.
+ */
+const COPY_BELOW = 64 * 1024;
+const SEGMENT_SIZE = 1024 * 1024;
+
+interface OpenPack {
+  id: string;
+  chunks: Buffer[];
+  size: number;
+  /** The segment small blobs are being copied into, and how much of it is used. */
+  segment?: Buffer;
+  segmentUsed: number;
+}
+
+function closeSegment(pack: OpenPack): void {
+  if (pack.segment && pack.segmentUsed > 0) pack.chunks.push(pack.segment.subarray(0, pack.segmentUsed));
+  pack.segment = undefined;
+  pack.segmentUsed = 0;
+}
+
 export class PackWriter {
   private readonly repo: Repository;
   private readonly suffix: string;
   private readonly targetSize: number;
   private readonly maxUploads: number;
   private readonly signal: AbortSignal | undefined;
-  private current: { id: string; chunks: Buffer[]; size: number } | undefined;
+  private current: OpenPack | undefined;
   private readonly uploads = new Set<Promise<void>>();
   /** Packs sealed and not yet stored: waiting for an upload slot or uploading. */
   private readonly sealed = new Set<Promise<void>>();
@@ -43,10 +66,21 @@ export class PackWriter {
     this.throwIfFailed();
     // A pack stays within the target size (a blob larger than it gets a pack of its own).
     if (this.current && this.current.size > 0 && this.current.size + blob.length > this.targetSize) await this.seal();
-    if (!this.current) this.current = { id: randomBytes(12).toString('hex') + this.suffix, chunks: [], size: 0 };
-    const location = { packId: this.current.id, offset: this.current.size, length: blob.length };
-    this.current.chunks.push(blob);
-    this.current.size += blob.length;
+    if (!this.current) this.current = { id: randomBytes(12).toString('hex') + this.suffix, chunks: [], size: 0, segmentUsed: 0 };
+    const pack = this.current;
+    const location = { packId: pack.id, offset: pack.size, length: blob.length };
+    if (blob.length >= COPY_BELOW) {
+      closeSegment(pack);
+      pack.chunks.push(blob);
+    } else {
+      if (!pack.segment || pack.segmentUsed + blob.length > pack.segment.length) {
+        closeSegment(pack);
+        pack.segment = Buffer.allocUnsafeSlow(SEGMENT_SIZE);
+      }
+      blob.copy(pack.segment, pack.segmentUsed);
+      pack.segmentUsed += blob.length;
+    }
+    pack.size += blob.length;
     if (this.current.size >= this.targetSize) await this.seal();
     return location;
   }
@@ -55,6 +89,7 @@ export class PackWriter {
     const pack = this.current;
     this.current = undefined;
     if (!pack || pack.size === 0) return;
+    closeSegment(pack);
     // Registered before waiting for an upload slot, so that flush() sees this pack too.
     const sealed = this.upload(pack);
     this.sealed.add(sealed);
@@ -62,7 +97,7 @@ export class PackWriter {
     await sealed.started;
   }
 
-  private upload(pack: { id: string; chunks: Buffer[]; size: number }): Promise<void> & { started: Promise<void> } {
+  private upload(pack: OpenPack): Promise<void> & { started: Promise<void> } {
     let markStarted!: () => void;
     const started = new Promise<void>((resolve) => (markStarted = resolve));
     // Never rejects: a failure is recorded and thrown by the next add(), flush() or finish().
