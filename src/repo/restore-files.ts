@@ -21,8 +21,9 @@ import type { Repository } from './repository.ts';
 
 type FileEntry = Extract<ManifestEntry, { t: 'f' }>;
 
-/** Largest ranged GET, and the largest hole between two blobs still fetched in one range. */
-const RANGE_MAX = 8 * 1024 * 1024;
+/** Largest ranged GET (process-max of them are held in memory at once), and the largest hole
+ * between two blobs still fetched in one range. */
+const RANGE_MAX = 4 * 1024 * 1024;
 const RANGE_GAP_MAX = 256 * 1024;
 
 export interface RestoreOptions {
