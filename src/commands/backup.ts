@@ -62,6 +62,9 @@ class BaseManifestCursor {
   }
 }
 
+/** Files at least this large are backed up one at a time (see the walk below). */
+const LARGE_FILE_BYTES = 64 * 1024 * 1024;
+
 function backupId(type: 'full' | 'incremental', at: Date): string {
   return at.toISOString().replace(/[-:]/g, '').slice(0, 15) + (type === 'full' ? 'F' : 'I');
 }
@@ -128,6 +131,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     const checkpoints = new CheckpointWriter(repo, id, format, packs, config['backup-checkpoint-interval']);
     const cursor = base ? new BaseManifestCursor(readManifest(repo, base) as AsyncIterable<{ t: string; p?: string }>) : undefined;
     const resumeCursor = resumable ? new BaseManifestCursor(readCheckpointEntries(repo, resumable)) : undefined;
+    const largeFiles = new Semaphore(1);
     // Files in flight each hold up to two buffers (one being read, one blob being filled), encoders one each.
     const maxInFlight = Math.max(2, config['process-max'] * 2);
     const fileContext = {
@@ -166,6 +170,10 @@ export async function run(ctx: CommandContext): Promise<number> {
         pending = Promise.resolve({ t: 'l', p: item.path, target: item.target });
       } else {
         const file = item as Extract<DataEntry, { type: 'file' }>;
+        // Large files one at a time (their blobs are still encoded in parallel): the extent list of
+        // a fragmented 1 GiB segment runs to 100,000s of entries, tens of MiB as objects, and
+        // those of the base and of this backup are what memory would otherwise grow with.
+        const releaseLarge = file.size >= LARGE_FILE_BYTES ? await largeFiles.acquire() : undefined;
         const resumedEntry = resumeCursor ? await resumeCursor.seek(file.path) : undefined;
         const baseEntry = resumedEntry ?? (cursor ? await cursor.seek(file.path) : undefined);
         pending = backupFile(file, baseEntry, resumedEntry ? resumeContext! : fileContext).then((result: FileBackupResult) => {
@@ -183,7 +191,7 @@ export async function run(ctx: CommandContext): Promise<number> {
           // A file removed while we walk (a dropped table) is not needed: WAL replay drops it.
           if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
           throw error;
-        });
+        }).finally(() => releaseLarge?.());
       }
       pending.catch(() => {}); // awaited in order below
       window.push(pending);
