@@ -22,7 +22,8 @@ import { backupFile, BLOCKS_PER_BLOB, BufferPool, type FileBackupResult } from '
 import { CheckpointWriter, findResumableBackup, readCheckpointEntries, removeResumeRecords, writeBackupStart, type ResumableBackup } from '../repo/backup-resume.ts';
 import { listBackups, ManifestWriter, readManifest, writeBackupSummary, type BackupSummary, type ManifestEntry } from '../repo/backup-manifest.ts';
 import { walDirectoryOf } from '../repo/layout.ts';
-import { PackWriter } from '../repo/packs.ts';
+import { suffixOf } from '../pipeline/object-format.ts';
+import { PACK_TARGET_SIZE, PackWriter } from '../repo/packs.ts';
 import { RepositoryLock } from '../repo/lock.ts';
 import { Repository } from '../repo/repository.ts';
 import { listWalObjects } from '../repo/wal-archive.ts';
@@ -124,9 +125,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     await writeBackupStart(repo, { format: 1, id, systemIdentifier: info.systemIdentifier, timeline: start.timeline, startLsn: start.startLsn, startedAt: start.startedAt.toISOString() });
 
     const format = await repo.writeFormat();
-    // 8 MiB: one PutObject each (within the default part size, no multipart copies of parts),
-    // and a bounded memory of three packs (one filling, two uploading).
-    packs = new PackWriter(repo, format, { targetSize: 8 * 1024 * 1024, maxUploads: 2, signal: ctx.signal });
+    packs = new PackWriter(repo, suffixOf(format), { targetSize: PACK_TARGET_SIZE, maxUploads: 2, signal: ctx.signal });
     manifest = await ManifestWriter.open(repo, id, format, ctx.signal);
     const checkpoints = new CheckpointWriter(repo, id, format, packs, config['backup-checkpoint-interval']);
     const cursor = base ? new BaseManifestCursor(readManifest(repo, base) as AsyncIterable<{ t: string; p?: string }>) : undefined;

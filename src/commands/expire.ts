@@ -31,6 +31,7 @@ export function expireOptionsOf(config: Config, dryRun: boolean, signal?: AbortS
     now: expireNow(),
     lock: { leaseMs: config['lock-lease'], waitMs: config['lock-wait'], signal },
     concurrency: config['process-max'],
+    repackThreshold: config['repack-threshold'],
   };
 }
 
@@ -47,6 +48,10 @@ export function formatReport(report: ExpireReport): string {
   out.push(`packs: ${verb} ${deleted.packs.count} (${formatBytes(deleted.packs.bytes)}), ${remaining.packs.count} remain (${formatBytes(remaining.packs.bytes)})`);
   out.push(`WAL: ${verb} ${deleted.wal.count} file(s) (${formatBytes(deleted.wal.bytes)}), ${remaining.wal.count} remain (${formatBytes(remaining.wal.bytes)})`);
   if (deleted.keepMarkers > 0) out.push(`keep markers: ${verb} ${deleted.keepMarkers}`);
+  const { repack } = report;
+  if (repack.packs > 0) {
+    out.push(`repack: ${report.dryRun ? 'would copy' : 'copied'} ${formatBytes(repack.liveBytes)} of live blobs out of ${repack.packs} pack(s) (${formatBytes(repack.bytes)})${report.dryRun ? '' : ` into ${repack.newPacks} new pack(s)`}; ${repack.backups} backup(s) ${report.dryRun ? 'would get' : 'got'} a new manifest generation; ${formatBytes(repack.savedBytes)} ${report.dryRun ? 'would be' : 'will be'} freed when a later expire deletes the old packs (after 24 h)`);
+  }
   if (report.abortedUploads > 0) out.push(`aborted ${report.abortedUploads} multipart upload(s) open for over a day`);
   out.push(`${report.dryRun ? 'dry run: nothing deleted; would free' : 'freed'} ${formatBytes(deleted.bytes)} in ${formatDuration(report.durationMs)}${report.requests !== null ? `, ${report.requests} requests` : ''}`);
   return out.join('\n') + '\n';

@@ -87,6 +87,7 @@ export const SETTINGS = [
   { key: 'retain', group: 'retention', type: { kind: 'integer', min: 1, max: 100000 }, description: 'pgark expire keeps the newest N backups (any type)' },
   { key: 'retain-full', group: 'retention', type: { kind: 'integer', min: 1, max: 100000 }, description: 'pgark expire keeps the newest N full backups and every backup taken after the oldest of them' },
   { key: 'retain-window', group: 'retention', type: { kind: 'duration' }, description: 'pgark expire keeps what restores to any point in this recent window, e.g. 14d (the backup before the window included)' },
+  { key: 'repack-threshold', group: 'retention', type: { kind: 'integer', min: 0, max: 100 }, default: 50, description: 'pgark expire repacks a pack when at least this percentage of its bytes is no longer referenced by a retained backup (live blobs copied into new packs, the old pack deleted 24 h later); 0 = never repack' },
   { key: 'expire-after-backup', group: 'retention', type: { kind: 'boolean' }, default: false, description: 'Run pgark expire after each successful backup (needs a retain setting)' },
   { key: 'lock-lease', group: 'retention', type: { kind: 'duration' }, default: '2m', description: 'Lease of the repository lock held by backup, verify and expire; refreshed every quarter of it. A crashed holder blocks others for at most this long' },
   { key: 'lock-wait', group: 'retention', type: { kind: 'duration' }, default: '0s', description: 'How long backup, verify and expire wait for the repository lock held by another process (0 = fail at once)' },

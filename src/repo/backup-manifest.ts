@@ -20,7 +20,7 @@ import { z } from 'zod';
 import { PgarkError } from '../errors.ts';
 import { decodeStages, encodeStages, isEncryptedKey, suffixOf, type WriteFormat } from '../pipeline/object-format.ts';
 import { runPipeline } from '../pipeline/run.ts';
-import { BACKUPS_PREFIX, backupIdOfSummaryKey, backupManifestKey, backupSummaryKey } from './layout.ts';
+import { BACKUPS_PREFIX, backupManifestKey, backupSummaryKey, parseBackupSummaryKey } from './layout.ts';
 import type { Repository } from './repository.ts';
 
 export type Extent = [firstBlock: number, blockCount: number, packId: string, blobOffset: number, blobLength: number, firstBlockInBlob: number, crc32?: string];
@@ -68,6 +68,8 @@ const BackupSummarySchema = z.object({
   durationMs: z.number(),
   tablespaces: z.array(z.object({ oid: z.string(), location: z.string() })),
   keep: z.boolean().default(false),
+  /** Absent in generation 1; n > 1 when expire's repack rewrote the manifest (layout.ts). */
+  generation: z.number().int().min(2).optional(),
   /** Pages that failed their data checksum while being read (first 1,000). */
   pageChecksumErrors: z.array(z.object({ path: z.string(), block: z.number().int() })).optional(),
   /** Oldest transaction (full 64-bit xid) still running just after the backup started: a
@@ -76,36 +78,49 @@ const BackupSummarySchema = z.object({
 });
 export type BackupSummary = z.infer<typeof BackupSummarySchema>;
 
-export async function readBackupSummary(repo: Repository, id: string): Promise<BackupSummary> {
+/**
+ * The summary key each backup is read from, by backup id: that of its highest generation.
+ * Every reader of summaries goes through this (listBackups, verify, expire), so all follow a
+ * repack the moment its summary exists.
+ */
+export function latestSummaryKeys(keys: Iterable<string>): Map<string, { key: string; generation: number }> {
+  const latest = new Map<string, { key: string; generation: number }>();
+  for (const key of keys) {
+    const parsed = parseBackupSummaryKey(key);
+    if (parsed && parsed.generation > (latest.get(parsed.id)?.generation ?? 0)) latest.set(parsed.id, { key, generation: parsed.generation });
+  }
+  return latest;
+}
+
+/** Reads and checks one summary; `key` is from latestSummaryKeys. */
+export async function readBackupSummary(repo: Repository, key: string): Promise<BackupSummary> {
+  const { id, generation } = parseBackupSummaryKey(key) ?? { id: key, generation: 0 };
   const chunks: Buffer[] = [];
-  for await (const chunk of await repo.storage.get(backupSummaryKey(id))) chunks.push(chunk as Buffer);
+  for await (const chunk of await repo.storage.get(key)) chunks.push(chunk as Buffer);
   let parsed;
   try {
     parsed = BackupSummarySchema.safeParse(JSON.parse(Buffer.concat(chunks).toString('utf8')));
   } catch {
     parsed = undefined;
   }
-  if (!parsed?.success || parsed.data.id !== id || !parsed.data.manifestKey.startsWith(`${BACKUPS_PREFIX}${id}/`)) {
-    throw new PgarkError('INTEGRITY', `the summary of backup ${id} is malformed`);
+  if (!parsed?.success || parsed.data.id !== id || (parsed.data.generation ?? 1) !== generation || !parsed.data.manifestKey.startsWith(`${BACKUPS_PREFIX}${id}/`)) {
+    throw new PgarkError('INTEGRITY', `the summary of backup ${id} is malformed (${key})`);
   }
   return parsed.data;
 }
 
-/** Every complete backup (one with a summary), oldest first. */
+/** Every complete backup (one with a summary), oldest first, each at its highest generation. */
 export async function listBackups(repo: Repository): Promise<BackupSummary[]> {
-  const ids: string[] = [];
-  for await (const object of repo.storage.list(BACKUPS_PREFIX)) {
-    const id = backupIdOfSummaryKey(object.key);
-    if (id) ids.push(id);
-  }
-  ids.sort();
+  const keys: string[] = [];
+  for await (const object of repo.storage.list(BACKUPS_PREFIX)) keys.push(object.key);
+  const latest = [...latestSummaryKeys(keys)].sort(([a], [b]) => a.localeCompare(b));
   const summaries: BackupSummary[] = [];
-  for (const id of ids) summaries.push(await readBackupSummary(repo, id));
+  for (const [, { key }] of latest) summaries.push(await readBackupSummary(repo, key));
   return summaries;
 }
 
 export async function writeBackupSummary(repo: Repository, summary: BackupSummary): Promise<void> {
-  await repo.storage.put(backupSummaryKey(summary.id), Buffer.from(JSON.stringify(summary, null, 2) + '\n'), { kind: 'meta' });
+  await repo.storage.put(backupSummaryKey(summary.id, summary.generation ?? 1), Buffer.from(JSON.stringify(summary, null, 2) + '\n'), { kind: 'meta' });
 }
 
 /** Streams manifest lines into the repository while the backup runs. */
@@ -121,8 +136,8 @@ export class ManifestWriter {
     this.done.catch(() => {}); // surfaced by finish()
   }
 
-  static async open(repo: Repository, id: string, format: WriteFormat, signal?: AbortSignal): Promise<ManifestWriter> {
-    const key = backupManifestKey(id, suffixOf(format));
+  static async open(repo: Repository, id: string, format: WriteFormat, signal?: AbortSignal, generation = 1): Promise<ManifestWriter> {
+    const key = backupManifestKey(id, suffixOf(format), generation);
     const stages = await encodeStages(format);
     return new ManifestWriter(key, async (input, count) => {
       await runPipeline([input, ...stages, async (output: AsyncIterable<Buffer>) => {

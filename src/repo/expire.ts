@@ -13,20 +13,25 @@
  *    backups (the backup stops existing at once), the rest of their objects and those of
  *    garbage incomplete backups, unreferenced packs, WAL no retained backup or the window
  *    needs, keep markers of deleted backups, multipart uploads open for over a day.
+ * 4. Repack (repack.ts): packs mostly made of blobs no retained backup references get their
+ *    live blobs copied into new packs, and the backups using them a new generation of manifest
+ *    and summary. Superseded generations and the old packs are deleted by a later run, once
+ *    the new summary is older than REPACK_GRACE_MS (step 3 of that run).
  * An expire interrupted anywhere leaves a repository whose retained backups are whole; the
- * next run removes what is left. Nothing is rewritten: expire only deletes.
+ * next run removes what is left. No object is ever rewritten.
  */
 import { PgarkError } from '../errors.ts';
 import type { ObjectInfo } from '../storage/types.ts';
 import { storageRequests } from '../storage/metrics.ts';
 import { mapSettled } from '../util/concurrency.ts';
 import { log } from '../util/log.ts';
-import { readBackupSummary, readManifestObject, type BackupSummary } from './backup-manifest.ts';
+import { latestSummaryKeys, readBackupSummary, readManifestObject, type BackupSummary } from './backup-manifest.ts';
 import { isKept, readKeepMarkers } from './keep.ts';
-import { BACKUPS_PREFIX, backupIdOfKey, backupSummaryKey, isValidPackId, parseBackupCheckpointKey, PACKS_PREFIX } from './layout.ts';
+import { BACKUPS_PREFIX, backupIdOfKey, isValidPackId, parseBackupCheckpointKey, parseBackupManifestKey, parseBackupSummaryKey, PACKS_PREFIX } from './layout.ts';
 import { RepositoryLock, type LockOptions } from './lock.ts';
 import type { Repository } from './repository.ts';
 import { decideRetention, hasPolicy, walNeeded, type RetainReason, type RetentionPolicy } from './retention.ts';
+import { addLiveBlob, repack, REPACK_GRACE_MS, repackCandidates, summarize, type LiveBlobs, type RepackSummary } from './repack.ts';
 import { listWalObjects } from './wal-archive.ts';
 
 const STALE_UPLOAD_MS = 24 * 3600 * 1000;
@@ -38,6 +43,8 @@ export interface ExpireOptions {
   now: Date;
   lock: LockOptions;
   concurrency: number;
+  /** Repack packs with at least this percentage of dead bytes; 0 = never. */
+  repackThreshold: number;
 }
 
 interface Deletion {
@@ -54,6 +61,8 @@ export interface ExpireReport {
   incomplete: { deleted: string[]; kept: string | null };
   deleted: { backupObjects: Deletion; packs: Deletion; wal: Deletion; keepMarkers: number; bytes: number };
   remaining: { packs: Deletion; wal: Deletion };
+  /** What repacking did (or, in a dry run, would do). */
+  repack: RepackSummary;
   abortedUploads: number;
   durationMs: number;
   /** S3 requests sent (null for other stores). */
@@ -87,9 +96,10 @@ export async function expire(repo: Repository, options: ExpireOptions): Promise<
       if (!id) continue;
       objectsOf.set(id, [...(objectsOf.get(id) ?? []), object]);
     }
-    const completeIds = [...objectsOf].filter(([id, objects]) => objects.some((o) => o.key === backupSummaryKey(id))).map(([id]) => id).sort();
+    const latest = latestSummaryKeys([...objectsOf.values()].flat().map((o) => o.key));
+    const completeIds = [...latest.keys()].sort();
     const backups: BackupSummary[] = [];
-    for (const id of completeIds) backups.push(await readBackupSummary(repo, id));
+    for (const id of completeIds) backups.push(await readBackupSummary(repo, latest.get(id)!.key));
     const markers = await readKeepMarkers(repo);
     const decision = decideRetention(backups, options.policy, options.now, (b) => isKept(b, markers));
     const retained = backups.filter((b) => decision.retained.has(b.id));
@@ -101,16 +111,59 @@ export async function expire(repo: Repository, options: ExpireOptions): Promise<
     const keptIncomplete = candidate && (!newestComplete || stamp(candidate) > stamp(newestComplete)) ? candidate : undefined;
     const garbageIncomplete = incompleteIds.filter((id) => id !== keptIncomplete);
 
+    // Generations (layout.ts) of each complete backup: summaries and manifests older than the
+    // newest summary are superseded, deleted once it is older than the grace period (a reader
+    // that started before the repack may still be reading them) and marked until then; manifests
+    // newer than it are what a killed repack left: garbage.
+    const superseded: ObjectInfo[] = [];
+    const supersededInGrace: ObjectInfo[] = [];
+    const orphanManifests: ObjectInfo[] = [];
+    const nextGeneration = new Map<string, number>();
+    for (const id of completeIds) {
+      const newest = latest.get(id)!;
+      const newestSummary = objectsOf.get(id)!.find((o) => o.key === newest.key)!;
+      const graceOver = newestSummary.lastModified.getTime() + REPACK_GRACE_MS <= options.now.getTime();
+      let highest = newest.generation;
+      for (const object of objectsOf.get(id)!) {
+        const generation = (parseBackupSummaryKey(object.key) ?? parseBackupManifestKey(object.key))?.generation;
+        if (generation === undefined) continue;
+        highest = Math.max(highest, generation);
+        if (generation > newest.generation) orphanManifests.push(object);
+        else if (generation < newest.generation) (graceOver ? superseded : supersededInGrace).push(object);
+      }
+      nextGeneration.set(id, highest + 1);
+    }
+
     // ---- 2. mark ----
     const referenced = new Set<string>();
-    const sources: { key: string; what: string; requireEnd: boolean }[] = retained.map((b) => ({ key: b.manifestKey, what: `backup ${b.id}`, requireEnd: true }));
-    if (keptIncomplete) {
-      for (const o of objectsOf.get(keptIncomplete)!) if (parseBackupCheckpointKey(o.key)) sources.push({ key: o.key, what: `the unfinished backup ${keptIncomplete}`, requireEnd: false });
+    /** Blobs of the retained backups' current manifests (what repacking must keep). */
+    const live: LiveBlobs = new Map();
+    const packsOfBackup = new Map<string, Set<string>>();
+    /** Packs the kept unfinished backup's checkpoints reference (not worth repacking). */
+    const pinned = new Set<string>();
+    type Source = { key: string; what: string; requireEnd: boolean; current?: string; checkpoint?: boolean };
+    const sources: Source[] = retained.map((b) => ({ key: b.manifestKey, what: `backup ${b.id}`, requireEnd: true, current: b.id }));
+    for (const o of supersededInGrace) {
+      if (parseBackupManifestKey(o.key) && decision.retained.has(backupIdOfKey(o.key)!)) sources.push({ key: o.key, what: `backup ${backupIdOfKey(o.key)} (superseded generation)`, requireEnd: true });
     }
+    if (keptIncomplete) {
+      for (const o of objectsOf.get(keptIncomplete)!) if (parseBackupCheckpointKey(o.key)) sources.push({ key: o.key, what: `the unfinished backup ${keptIncomplete}`, requireEnd: false, checkpoint: true });
+    }
+    const trackLive = options.repackThreshold > 0;
     const marked = await mapSettled(sources, options.concurrency, async (source) => {
+      const packs = new Set<string>();
       for await (const entry of readManifestObject(repo, source.key, source.what, { requireEnd: source.requireEnd })) {
-        if (entry.t === 'f') for (const extent of entry.x) referenced.add(extent[2]);
+        if (entry.t !== 'f') continue;
+        for (const extent of entry.x) {
+          referenced.add(extent[2]);
+          if (source.checkpoint) pinned.add(extent[2]);
+          if (source.current && trackLive) {
+            packs.add(extent[2]);
+            addLiveBlob(live, extent);
+          }
+        }
       }
+      if (source.current && trackLive) packsOfBackup.set(source.current, packs);
     });
     const failed = marked.find((r) => r.status === 'rejected');
     if (failed) {
@@ -120,17 +173,27 @@ export async function expire(repo: Repository, options: ExpireOptions): Promise<
     }
 
     // ---- what goes ----
-    const summaries = decision.expired.map((b) => backupSummaryKey(b.id));
     const expiredBackupObjects = decision.expired.flatMap((b) => objectsOf.get(b.id)!);
+    const summaries = expiredBackupObjects.filter((o) => parseBackupSummaryKey(o.key)).map((o) => o.key);
+    const retainedSuperseded = superseded.filter((o) => decision.retained.has(backupIdOfKey(o.key)!));
+    const orphans = orphanManifests.filter((o) => decision.retained.has(backupIdOfKey(o.key)!));
     const garbageObjects = garbageIncomplete.flatMap((id) => objectsOf.get(id)!);
 
     const deadPacks: ObjectInfo[] = [];
     const livePacks: ObjectInfo[] = [];
+    const packSizes = new Map<string, number>();
     for await (const object of repo.storage.list(PACKS_PREFIX)) {
       const packId = packIdOfKey(object.key);
       if (!packId) continue;
       (referenced.has(packId) ? livePacks : deadPacks).push(object);
+      packSizes.set(packId, object.size);
     }
+    const candidates = repackCandidates(live, packSizes, options.repackThreshold, pinned);
+    const repacked = new Set(candidates.map((c) => c.packId));
+    const toRewrite = retained
+      .filter((b) => [...(packsOfBackup.get(b.id) ?? [])].some((p) => repacked.has(p)))
+      .map((summary) => ({ summary, generation: nextGeneration.get(summary.id)! }));
+    for (const packId of [...live.keys()]) if (!repacked.has(packId)) live.delete(packId); // only the candidates' blobs are needed now
 
     const wal = await listWalObjects(repo);
     // With no complete backup, no WAL is known to be useless: a first backup may need it.
@@ -149,13 +212,14 @@ export async function expire(repo: Repository, options: ExpireOptions): Promise<
       expired: decision.expired.map((b) => ({ id: b.id, type: b.type, stoppedAt: b.stoppedAt })),
       incomplete: { deleted: garbageIncomplete, kept: keptIncomplete ?? null },
       deleted: {
-        backupObjects: sum([...expiredBackupObjects, ...garbageObjects]),
+        backupObjects: sum([...expiredBackupObjects, ...garbageObjects, ...retainedSuperseded, ...orphans]),
         packs: sum(deadPacks),
         wal: sum(deadWal),
         keepMarkers: deadMarkers.length,
-        bytes: sum([...expiredBackupObjects, ...garbageObjects, ...deadPacks, ...deadWal]).bytes,
+        bytes: sum([...expiredBackupObjects, ...garbageObjects, ...retainedSuperseded, ...orphans, ...deadPacks, ...deadWal]).bytes,
       },
       remaining: { packs: sum(livePacks), wal: sum(liveWal) },
+      repack: summarize(candidates, toRewrite.length),
       abortedUploads: 0,
       durationMs: 0,
       requests: null,
@@ -170,10 +234,17 @@ export async function expire(repo: Repository, options: ExpireOptions): Promise<
         await repo.storage.delete(keys);
       };
       await step('summaries of expired backups', summaries);
-      await step('objects of expired and unfinished backups', [...expiredBackupObjects, ...garbageObjects].map((o) => o.key).filter((k) => !k.endsWith('/backup.json')));
+      await step('superseded summaries of repacked backups', retainedSuperseded.filter((o) => parseBackupSummaryKey(o.key)).map((o) => o.key));
+      await step('objects of expired and unfinished backups', [...expiredBackupObjects, ...garbageObjects].map((o) => o.key).filter((k) => !parseBackupSummaryKey(k)));
+      await step('superseded and unfinished manifests of repacked backups', [...retainedSuperseded, ...orphans].filter((o) => !parseBackupSummaryKey(o.key)).map((o) => o.key));
       await step('unreferenced packs', deadPacks.map((o) => o.key));
       await step('WAL files no retained backup needs', deadWal.map((o) => o.key));
       await step('keep markers of deleted backups', deadMarkers);
+      if (candidates.length > 0) {
+        lock.assertHeld('repacking');
+        log.info(`repacking ${candidates.length} pack(s): ${toRewrite.length} backup(s) get a new manifest generation`);
+        report.repack.newPacks = await repack(repo, { candidates, live, backups: toRewrite, lock, concurrency: options.concurrency });
+      }
       lock.assertHeld('aborting stale multipart uploads');
       report.abortedUploads = (await repo.storage.abortStaleUploads?.(new Date(options.now.getTime() - STALE_UPLOAD_MS))) ?? 0;
     }

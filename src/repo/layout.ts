@@ -67,6 +67,7 @@ export function parseWalObjectKey(key: string): WalObjectName | undefined {
 // ---- base backups ---------------------------------------------------------------------------
 // backups/<id>/manifest.jsonl<suffix>   every file, directory and link, with block extents
 // backups/<id>/backup.json              summary; written last: a backup exists iff this exists
+// backups/<id>/manifest.g<n>.jsonl…, backup.g<n>.json   generation n > 1, written by repack
 // packs/<xx>/<pack-id><suffix>          immutable packs of independently encoded blobs
 
 export const BACKUPS_PREFIX = 'backups/';
@@ -78,12 +79,35 @@ export function isValidBackupId(id: string): boolean {
   return BACKUP_ID.test(id);
 }
 
-export function backupSummaryKey(id: string): string {
-  return `${BACKUPS_PREFIX}${id}/backup.json`;
+/**
+ * Summaries and manifests have generations: a backup is written as generation 1
+ * (`backup.json`, `manifest.jsonl<suffix>`); expire's repack writes generation n > 1 under new
+ * keys (`backup.g<n>.json`, `manifest.g<n>.jsonl<suffix>`) rather than rewriting an object.
+ * Readers take the summary of the highest generation (backup-manifest.ts, latestSummaryKeys).
+ */
+const generationPart = (generation: number) => (generation > 1 ? `.g${generation}` : '');
+
+export function backupSummaryKey(id: string, generation = 1): string {
+  return `${BACKUPS_PREFIX}${id}/backup${generationPart(generation)}.json`;
 }
 
-export function backupManifestKey(id: string, suffix: string): string {
-  return `${BACKUPS_PREFIX}${id}/manifest.jsonl${suffix}`;
+export function backupManifestKey(id: string, suffix: string, generation = 1): string {
+  return `${BACKUPS_PREFIX}${id}/manifest${generationPart(generation)}.jsonl${suffix}`;
+}
+
+const SUMMARY_KEY = /^backups\/(\d{8}T\d{6}[FI])\/backup(?:\.g([1-9]\d{0,5}))?\.json$/;
+const MANIFEST_KEY = /^backups\/(\d{8}T\d{6}[FI])\/manifest(?:\.g([1-9]\d{0,5}))?\.jsonl(?:\.zst|\.lz4|\.gz)?(?:\.age)?$/;
+
+/** The backup id and generation of a summary key (any generation), or undefined. */
+export function parseBackupSummaryKey(key: string): { id: string; generation: number } | undefined {
+  const match = SUMMARY_KEY.exec(key);
+  return match ? { id: match[1]!, generation: match[2] ? Number(match[2]) : 1 } : undefined;
+}
+
+/** The backup id and generation of a manifest key (any generation), or undefined. */
+export function parseBackupManifestKey(key: string): { id: string; generation: number } | undefined {
+  const match = MANIFEST_KEY.exec(key);
+  return match ? { id: match[1]!, generation: match[2] ? Number(match[2]) : 1 } : undefined;
 }
 
 /** Written when a backup starts: lets the next backup resume an interrupted one. */
@@ -108,9 +132,9 @@ export function backupIdOfKey(key: string): string | undefined {
   return match?.[1];
 }
 
+/** The backup id of a summary key of any generation, or undefined. */
 export function backupIdOfSummaryKey(key: string): string | undefined {
-  const match = /^backups\/(\d{8}T\d{6}[FI])\/backup\.json$/.exec(key);
-  return match?.[1];
+  return parseBackupSummaryKey(key)?.id;
 }
 
 /** A pack id is random hex plus the encoding suffix of its blobs: "3f9a…c1.zst.age". */

@@ -6,9 +6,14 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { suffixOf, type WriteFormat } from '../pipeline/object-format.ts';
 import { packKey } from './layout.ts';
 import type { Repository } from './repository.ts';
+
+/**
+ * 8 MiB: one PutObject each (within the default part size, no multipart copies of parts), and
+ * a bounded memory of three packs per writer (one filling, two uploading).
+ */
+export const PACK_TARGET_SIZE = 8 * 1024 * 1024;
 
 export interface BlobLocation {
   packId: string;
@@ -53,9 +58,10 @@ export class PackWriter {
   readonly packs: string[] = [];
   storedBytes = 0;
 
-  constructor(repo: Repository, format: WriteFormat, options: { targetSize: number; maxUploads: number; signal?: AbortSignal }) {
+  /** `suffix`: the encoding of the blobs (object-format.ts suffixOf), part of every pack id. */
+  constructor(repo: Repository, suffix: string, options: { targetSize: number; maxUploads: number; signal?: AbortSignal }) {
     this.repo = repo;
-    this.suffix = suffixOf(format);
+    this.suffix = suffix;
     this.targetSize = options.targetSize;
     this.maxUploads = options.maxUploads;
     this.signal = options.signal;

@@ -13,8 +13,8 @@ import { decodeStages, isEncryptedKey } from '../pipeline/object-format.ts';
 import { runPipeline } from '../pipeline/run.ts';
 import { parseWalFileName, segmentName, segmentNumber } from '../postgres/wal.ts';
 import { mapSettled } from '../util/concurrency.ts';
-import { backupIdOfSummaryKey, BACKUPS_PREFIX, isValidPackId, PACKS_PREFIX, packKey, parseWalObjectKey } from './layout.ts';
-import { readBackupSummary, readManifest, type BackupSummary } from './backup-manifest.ts';
+import { BACKUPS_PREFIX, isValidPackId, PACKS_PREFIX, packKey, parseWalObjectKey } from './layout.ts';
+import { latestSummaryKeys, readBackupSummary, readManifest, type BackupSummary } from './backup-manifest.ts';
 import { decodeBlob } from './blob-check.ts';
 import { recoverability } from './recoverability.ts';
 import type { Repository } from './repository.ts';
@@ -105,19 +105,14 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions)
 
   // ---- backups: summaries and manifests ----
   const backupObjects = new Map<string, number>();
-  const summaryIds: string[] = [];
-  for await (const object of repo.storage.list(BACKUPS_PREFIX)) {
-    backupObjects.set(object.key, object.size);
-    const id = backupIdOfSummaryKey(object.key);
-    if (id) summaryIds.push(id);
-  }
-  summaryIds.sort();
+  for await (const object of repo.storage.list(BACKUPS_PREFIX)) backupObjects.set(object.key, object.size);
+  const summaryKeys = [...latestSummaryKeys(backupObjects.keys())].sort(([a], [b]) => a.localeCompare(b));
   const summaries: BackupSummary[] = [];
-  for (const id of summaryIds) {
+  for (const [id, { key }] of summaryKeys) {
     try {
-      summaries.push(await readBackupSummary(repo, id));
+      summaries.push(await readBackupSummary(repo, key));
     } catch (error) {
-      damage({ kind: 'summary', object: `${BACKUPS_PREFIX}${id}/backup.json`, message: `the summary of backup ${id} is unreadable: ${(error as Error).message}`, backups: [id] });
+      damage({ kind: 'summary', object: key, message: `the summary of backup ${id} is unreadable: ${(error as Error).message}`, backups: [id] });
     }
   }
 
@@ -274,7 +269,7 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions)
     else problems.push({ kind: 'wal-gap', object: `${hole.first}..${hole.last}`, message: what, backups: affected });
   }
 
-  const verdicts: BackupVerdict[] = summaryIds.map((id) => {
+  const verdicts: BackupVerdict[] = summaryKeys.map(([id]) => {
     const summary = summaries.find((s) => s.id === id);
     const r = window.backups.find((b) => b.id === id);
     return {

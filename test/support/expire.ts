@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import type { RunResult } from './postgres.ts';
 import { info } from './backup.ts';
 import { chownTestUser, mkdirTestUser, parseJsonOutput, parseWalKey, type WalRepo } from './wal.ts';
@@ -21,6 +21,7 @@ export interface ExpireJson {
   incomplete: { deleted: string[]; kept: string | null };
   deleted: { backupObjects: { count: number; bytes: number }; packs: { count: number; bytes: number }; wal: { count: number; bytes: number }; keepMarkers: number; bytes: number };
   remaining: { packs: { count: number; bytes: number }; wal: { count: number; bytes: number } };
+  repack: { packs: number; bytes: number; liveBytes: number; savedBytes: number; backups: number; newPacks: number };
   abortedUploads: number;
   durationMs: number;
   requests: number | null;
@@ -64,7 +65,26 @@ export async function runExpire(repo: WalRepo, args: string[], env: Record<strin
 const SEGMENT = 1024 * 1024;
 const segno = (name: string) => parseInt(name.slice(8, 16), 16) * (0x1_0000_0000 / SEGMENT) + parseInt(name.slice(16, 24), 16);
 
-/** Every listed backup is whole (manifest, packs, WAL start..stop); no pack is unreferenced; no lease is left; no WAL gap after the oldest backup (1 MiB segments). */
+/** Total bytes of the objects under `packs/`, listed independently of pgark. */
+export async function packBytes(repo: WalRepo): Promise<number> {
+  if (repo.repoDir) {
+    let total = 0;
+    const dir = path.join(repo.repoDir, 'packs');
+    if (!fs.existsSync(dir)) return 0;
+    for (const sub of fs.readdirSync(dir)) for (const f of fs.readdirSync(path.join(dir, sub))) total += fs.statSync(path.join(dir, sub, f)).size;
+    return total;
+  }
+  let total = 0;
+  let token: string | undefined;
+  do {
+    const page = await repo.bucket!.client.send(new ListObjectsV2Command({ Bucket: repo.bucket!.name, Prefix: `${repo.prefix}packs/`, ContinuationToken: token }));
+    for (const o of page.Contents ?? []) total += o.Size ?? 0;
+    token = page.IsTruncated ? page.NextContinuationToken : undefined;
+  } while (token);
+  return total;
+}
+
+/** Every listed backup is whole (manifest, packs, WAL start..stop); no pack is unreferenced (by any manifest generation still stored); no lease is left; no WAL gap after the oldest backup (1 MiB segments). */
 export async function checkRepository(repo: WalRepo, what: string): Promise<{ backups: number }> {
   const keys = await repo.keys();
   const present = new Set(keys);
@@ -77,6 +97,10 @@ export async function checkRepository(repo: WalRepo, what: string): Promise<{ ba
     for (const pack of await referencedPacks(repo, b.manifestKey)) {
       assert.ok(packs.has(pack), `${what}: pack ${pack} of backup ${b.id} exists`);
       referenced.add(pack);
+    }
+    // generations a repack superseded: their packs stay until the grace period is over
+    for (const key of keys.filter((k) => k.startsWith(`backups/${b.id}/manifest`) && k !== b.manifestKey)) {
+      for (const pack of await referencedPacks(repo, key)) referenced.add(pack);
     }
     for (let n = segno(b.startWal); n <= segno(b.stopWal); n++) {
       const name = b.startWal.slice(0, 8) + (Math.floor(n / 4096)).toString(16).toUpperCase().padStart(8, '0') + (n % 4096).toString(16).toUpperCase().padStart(8, '0');
