@@ -47,7 +47,7 @@ async function verifyPasses(repo: WalRepo, what: string): Promise<void> {
 
 for (const [kind, encrypted] of [['file', false], ['s3', true]] as [RepoKind, boolean][]) {
   test(`expire repacks mostly dead packs; a killed repack is finished by the next run (${kind}${encrypted ? ', encrypted' : ''})`, { timeout: 600_000, skip: kind === 's3' && skipServers() }, async (t) => {
-    const { repo, primary: p } = await createPrimary(t, { kind, encrypted, name: `exrepack-${kind}` });
+    const { repo, primary: p } = await createPrimary(t, { kind, encrypted, name: `exrepack-${kind}`, repoSettings: { 'lock-lease': '6s', 'lock-wait': '60s' } });
     await p.sql("CREATE TABLE bulk AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS v FROM generate_series(1, 150000) g");
     const full = await takeBackup(repo, ['--full']);
     await p.sql('UPDATE bulk SET v = md5(v)'); // every page of the full's copy of bulk is now dead
