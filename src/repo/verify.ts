@@ -112,6 +112,7 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions)
     try {
       summaries.push(await readBackupSummary(repo, key));
     } catch (error) {
+      if (isOutage(error)) throw error;
       damage({ kind: 'summary', object: key, message: `the summary of backup ${id} is unreadable: ${(error as Error).message}`, backups: [id] });
     }
   }
@@ -145,7 +146,7 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions)
         }
       }
     } catch (error) {
-      if ((error as Error).name === 'AbortError') throw error;
+      if ((error as Error).name === 'AbortError' || isOutage(error)) throw error;
       damage({ kind: 'manifest', object: summary.manifestKey, message: `the manifest of backup ${summary.id} is unreadable: ${(error as Error).message}`, backups: [summary.id] });
     }
   }
@@ -202,7 +203,8 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions)
     });
     results.forEach((result, i) => {
       if (result.status === 'fulfilled') return;
-      if ((result.reason as Error).name === 'AbortError' || options.signal?.aborted) throw options.signal?.reason ?? result.reason;
+      if (options.signal?.aborted) throw options.signal.reason;
+      if (isOutage(result.reason)) throw result.reason;
       const [packId, use] = toRead[i]!;
       damage({ kind: 'blob-damaged', object: packKey(packId), message: (result.reason as Error).message, backups: [...use.backups].sort() });
     });
@@ -239,6 +241,7 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions)
     results.forEach((result, i) => {
       if (result.status === 'fulfilled') return;
       if (options.signal?.aborted) throw options.signal.reason;
+      if (isOutage(result.reason)) throw result.reason;
       const object = toCheck[i]!;
       unusable.add(object.name);
       problems.push({ kind: 'wal-damaged', object: object.key, message: (result.reason as Error).message, backups: [] });
@@ -306,6 +309,14 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions)
     read,
     state: options.mode === 'quick' ? undefined : { packs: verifiedPacks, wal: verifiedWal },
   };
+}
+
+/**
+ * A failed read because the store is unreachable or refuses us: that stops the run with its
+ * error, rather than being reported as damage to the objects being read.
+ */
+function isOutage(error: unknown): boolean {
+  return error instanceof PgarkError && (error.code === 'STORAGE' || error.code === 'UNREACHABLE' || error.code === 'AUTH' || error.code === 'CONFIG');
 }
 
 /**
