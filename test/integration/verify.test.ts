@@ -13,6 +13,8 @@ import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { DeleteObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { createPrimary, oneErrorLine, switchAndArchive, takeBackup, type Primary } from '../support/backup.ts';
+import { startFaultProxy } from '../support/fault-proxy.ts';
+import { s3Env } from '../support/objstores.ts';
 import { parseJsonOutput, type WalRepo } from '../support/wal.ts';
 
 interface Report {
@@ -217,4 +219,27 @@ test('verify: an age-encrypted file repository', { timeout: 600_000 }, async (t)
   t.diagnostic(`encrypted: ${problem.message}`);
   await store.write(pack, original);
   assert.equal((await verify(repo)).code, 0);
+});
+
+test('verify: a store that fails every pack download stops the run with its error, no backup is called broken', { timeout: 600_000 }, async (t) => {
+  const proxy = await startFaultProxy({ target: s3Env('rgw').endpoint });
+  t.after(() => proxy.close());
+  const { repo, primary: p } = await createPrimary(t, { kind: 's3', name: 'verify-outage', repoSettings: { 's3-endpoint': proxy.url, 'retry-max': 2 } });
+  await p.sql('CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g');
+  await takeBackup(repo);
+  await switchAndArchive(p);
+  assert.equal((await verify(repo)).code, 0);
+
+  proxy.setFaults({ errorRate: 1, filter: (req) => req.method === 'GET' && req.url.includes('/packs/') });
+  const r = await repo.pgark(['verify', '--full']);
+  assert.notEqual(r.code, 0);
+  assert.doesNotMatch(r.stdout, /BROKEN|PROBLEM/, 'an outage is not damage');
+  // (oneErrorLine() would refuse the S3 error text "We encountered an internal error")
+  const lines = r.stderr.split('\n').filter((l) => /^pgark verify: error:/.test(l));
+  assert.equal(lines.length, 1, r.stderr);
+  assert.match(lines[0]!, /error: download packs\/\S+ in s3:\/\/\S+ at \S+ failed: InternalError \(HTTP 500\)/);
+  assert.doesNotMatch(r.stderr, /pgark verify: internal error|\n\s+at /);
+  t.diagnostic(`outage: ${lines[0]}`);
+  proxy.setFaults({});
+  assert.equal((await verify(repo, ['--full'])).code, 0);
 });
