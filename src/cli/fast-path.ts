@@ -61,7 +61,7 @@ async function pushFromSpool(spool: Spool, location: SpoolLocation, walArg: stri
 async function fetchFromSpool(spool: Spool, location: SpoolLocation, invocation: FastInvocation, started: number): Promise<number | undefined> {
   const [name, destination] = invocation.positionals as [string, string];
   if (parseWalFileName(name)?.kind !== 'segment') return undefined;
-  if (!(await spool.takeFetched(name, resolve(destination)))) return undefined;
+  if (!(await takeWhenPrefetched(spool, name, resolve(destination)))) return undefined;
   // The segment is in place: from here on the call succeeds, whatever else happens.
   try {
     await spool.setFetchPosition(name);
@@ -74,6 +74,24 @@ async function fetchFromSpool(spool: Spool, location: SpoolLocation, invocation:
   }
   log.info(`restored ${name} (prefetched)`, { ms: Date.now() - started });
   return 0;
+}
+
+/** How long a call waits for a segment the prefetcher is downloading. */
+const PREFETCH_WAIT_MS = 30_000;
+
+/**
+ * Moves the prefetched segment into place; if the prefetcher is downloading it right now, waits
+ * for it rather than downloading it a second time. False: not in the spool (nor on its way).
+ */
+async function takeWhenPrefetched(spool: Spool, name: string, target: string): Promise<boolean> {
+  const deadline = Date.now() + PREFETCH_WAIT_MS;
+  for (;;) {
+    if (await spool.takeFetched(name, target)) return true;
+    if (Date.now() > deadline || !(await spool.readPrefetching()).includes(name) || !(await spool.lockHolder('prefetch'))) {
+      return spool.takeFetched(name, target); // it may have arrived just now
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 }
 
 /** Flags for a child pgark: secret settings move to its environment (a command line is visible in ps). */

@@ -2,7 +2,8 @@
  * pgark wal-prefetch SEGMENT — started in the background by wal-fetch: keeps the `wal-prefetch`
  * segments following replay's position (the last segment wal-fetch served, recorded in the
  * spool; SEGMENT until there is one) in the spool, verified, so the next wal-fetch calls find
- * them locally. One runs at a time (a lock in the spool); it follows the position as replay
+ * them locally; the names it is downloading are in the spool too (`prefetching`), so that a call
+ * for one of them waits instead of downloading it again. One runs at a time (a lock in the spool); it follows the position as replay
  * moves on, and exits when the position has not moved for a few seconds. The spool holds at most
  * the `wal-prefetch` next segments, everything else in it is removed.
  */
@@ -76,9 +77,13 @@ async function fillWindow(ctx: CommandContext, repo: Repository, spool: Spool, p
   for (const directory of new Set(missing.map(walDirectoryOf))) {
     for (const object of await listWalObjects(repo, directory)) if (wantedSet.has(object.name)) available.set(object.name, object);
   }
-  const results = await mapSettled(missing.filter((name) => available.has(name)), ctx.loaded.config['process-max'], async (name) => {
+  const downloads = missing.filter((name) => available.has(name));
+  if (downloads.length === 0) return;
+  await spool.setPrefetching(downloads);
+  const results = await mapSettled(downloads, ctx.loaded.config['process-max'], async (name) => {
     await spool.storeFetched(name, await readStoredWal(repo, available.get(name)!));
   });
+  await spool.setPrefetching([]);
   const failed = results.filter((r) => r.status === 'rejected');
   if (failed.length > 0) log.warn(`prefetch: ${failed.length} segment(s) failed; wal-fetch will download them itself`, { error: ((failed[0] as PromiseRejectedResult).reason as Error).message });
 }

@@ -189,6 +189,15 @@ export class Spool {
     return true;
   }
 
+  /** The segments the prefetcher is downloading now (a wal-fetch call for one of them waits for it). */
+  async setPrefetching(names: readonly string[]): Promise<void> {
+    await this.writeAtomic('prefetching', names.join('\n'));
+  }
+
+  async readPrefetching(): Promise<string[]> {
+    return (await readFile(join(this.root, 'prefetching'), 'utf8').catch(() => '')).split('\n').filter(Boolean);
+  }
+
   /** The last segment wal-fetch served: the background prefetcher keeps the segments after it. */
   async setFetchPosition(name: string): Promise<void> {
     await this.writeAtomic('fetch-position', name);
