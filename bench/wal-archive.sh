@@ -116,9 +116,10 @@ stage_wal() {
   set_archive_command '/bin/true'
   log "staged $(ls "$WALDIR" | grep -cE '^[0-9A-F]{24}$') segments: $(ls "$WALDIR" | grep -E '^[0-9A-F]{24}$' | sort | sed -n '1p;$p' | tr '\n' ' ')"
 }
-pgark_quiet() {  # wait for pgark's background processes (wal-push-ahead lingers ~10 s for new WAL, wal-prefetch ~3 s)
-  local i; for i in $(seq 300); do pgrep -f 'pgark\.mjs wal-(push-ahead|prefetch)' >/dev/null || return 0; sleep 0.1; done
-  log "pgark background processes still running after 30 s: $(pgrep -af 'pgark\.mjs wal-(push-ahead|prefetch)' | tr '\n' ';')"
+pgark_quiet() {  # wait for the bench pgark's background processes (wal-push-ahead lingers ~10 s for new WAL, wal-prefetch ~3 s)
+  local i pat="$BENCH_HOME/pgark/dist/pgark\.mjs wal-(push-ahead|prefetch)"   # not other pgark builds (test runs)
+  for i in $(seq 300); do pgrep -u postgres -f "$pat" >/dev/null || return 0; sleep 0.1; done
+  log "pgark background processes still running after 30 s: $(pgrep -u postgres -af "$pat" | tr '\n' ';')"
 }
 staged_ready() {  # .ready markers like PostgreSQL's, for the first WALSEGS staged segments
   pgark_quiet   # a lingering pgark pusher would take the new .ready files
