@@ -3,6 +3,15 @@
  * uploaded ahead of PostgreSQL asking, and where wal-fetch keeps segments it prefetched. Each
  * repository gets its own subdirectory. Losing the spool loses nothing: a missing marker only
  * means one more (recognised as duplicate) upload, a missing prefetched file one more download.
+ *
+ * In a repository's subdirectory:
+ *   archived/NAME        marker: NAME is stored (size and mtime of the file uploaded)
+ *   failed/NAME          why the background pusher could not archive NAME (for the call for NAME)
+ *   fetched/NAME         a prefetched segment, verified
+ *   fetch-position       the last segment wal-fetch served; prefetching: what is being downloaded
+ *   push.lock, prefetch.lock, wal-push-ahead.log, wal-prefetch.log   the background processes
+ *   pgark.json           the repository description (cached), dropped.log (archive-queue-max)
+ * and, in the default spool base, locators/ (src/cli/spool-locator.ts).
  */
 import { accessSync, constants, mkdirSync } from 'node:fs';
 import { appendFile, copyFile, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
