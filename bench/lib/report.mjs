@@ -109,6 +109,12 @@ const TITLES = {
   startup: 'Start-up time (wall in ms)',
   walpush: 'WAL archiving: archive_command per staged segment, in order, like PostgreSQL\'s archiver',
   'walpush-call': 'wal-push per call (ms): one call per segment',
+  full: 'Full backup (PGDATA without pg_wal = basis for MB/s; out MB = backup data added to the repository)',
+  restore: 'Restore into an empty directory (the restored cluster is then started and checked, untimed; out MB = restored bytes)',
+  'incr-a': 'Incremental backup after (a) an UPDATE of 1 % random rows (out MB = backup data added; floor = the changed pages, zstd-3)',
+  'restore-incr-a': 'Restore of the incremental (a) (started and checked like the full)',
+  'incr-b': 'Incremental backup after (b) an append: 1 % new rows + UPDATE of half of the newest 2 % (floor = changed pages, zstd-3)',
+  'restore-incr-b': 'Restore of the incremental (b) (started and checked like the full)',
   walreplay: 'WAL replay: cold copy + recovery.signal + restore_command, seconds until the server is up (CPU includes the replica\'s own redo)',
 };
 
@@ -192,6 +198,63 @@ for (const file of readdirSync(resultsDir).filter((f) => f.startsWith(`${name}-`
       md.push('');
     }
   }
+}
+
+// ---- backup.sh: the goals of issue #5, per round, from the rows above ----
+function goalsOf() {
+  if (!sections.has('full')) return undefined;
+  const okRows = rows.filter((r) => r.rc === '0');
+  const byKey = (section, kase, pred) => okRows.filter((r) => r.section === section && r.case === kase && pred(r));
+  const perRun = (as, bs, f) => {
+    const b = new Map(bs.map((r) => [r.run, r]));
+    return as.filter((r) => b.has(r.run)).map((r) => f(r, b.get(r.run))).filter((x) => x !== undefined && Number.isFinite(x));
+  };
+  const out = [];
+  const row = (goal, what, values, limit) => {
+    if (values.length === 0) return;
+    const m = median(values);
+    out.push({ goal, what, n: values.length, median: m, min: min(values), max: max(values), limit, met: m <= limit });
+  };
+  const cases = (section) => [...(sections.get(section)?.keys() ?? [])];
+  for (const section of ['full', 'restore']) {
+    for (const kase of cases(section)) {
+      const pg = byKey(section, kase, (r) => r.side === 'pgark');
+      const peers = [...new Set(byKey(section, kase, (r) => r.side === 'peer' && r.tool.startsWith('pgBackRest')).map((r) => r.tool))];
+      for (const peer of peers) {
+        row(`${section} time ≤ 0.67× pgBackRest`, `${kase}: ${pg[0]?.tool} / ${peer}`,
+          perRun(pg, byKey(section, kase, (r) => r.tool === peer), (a, b) => num(a.wall_s) / num(b.wall_s)), 0.67);
+      }
+    }
+  }
+  for (const [section, limit] of [['incr-a', 0.5], ['incr-b', 0.3]]) {
+    for (const kase of cases(section)) {
+      const floor = byKey(section, kase, (r) => r.side === 'floor');
+      const tools = [...new Set(byKey(section, kase, (r) => r.side !== 'floor').map((r) => r.tool))];
+      for (const tool of tools) {
+        const rs = byKey(section, kase, (r) => r.tool === tool);
+        row('incr bytes ≤ 1.3× changed pages (zstd-3)', `${section} ${kase}: ${tool}`, perRun(rs, floor, (a, b) => num(a.out_bytes) / num(b.out_bytes)), 1.3);
+      }
+      const pg = byKey(section, kase, (r) => r.side === 'pgark');
+      for (const tool of new Set(pg.map((r) => r.tool))) {
+        row(`incr time ≤ ${limit}× pgark full`, `${section} ${kase}: ${tool}`,
+          perRun(pg.filter((r) => r.tool === tool), byKey('full', kase, (r) => r.tool === tool), (a, b) => num(a.wall_s) / num(b.wall_s)), limit);
+      }
+    }
+  }
+  const datasets = [...new Set(okRows.filter((r) => r.side === 'pgark').map((r) => r.case.split(' · ')[0]))];
+  for (const ds of datasets) {
+    const rss = okRows.filter((r) => r.side === 'pgark' && r.case.startsWith(`${ds} · `)).map((r) => num(r.maxrss_kb) / 1024);
+    if (rss.length) out.push({ goal: 'peak RSS ≤ 150 MB', what: `${ds}: every pgark backup and restore (max)`, n: rss.length, median: max(rss), min: min(rss), max: max(rss), limit: 150 * 1e6 / 1048576, met: max(rss) <= 150 * 1e6 / 1048576, unit: 'MiB' });
+  }
+  return out;
+}
+const goals = goalsOf();
+if (goals && goals.length > 0) {
+  json.goals = goals;
+  md.push('## Goals (issue #5), per round', '', 'Ratios per round (pgark and the peer of the same round; incremental vs the floor and vs pgark\'s full of the same round), median (min–max); peak RSS in MiB (limit 150 MB = 143 MiB).', '',
+    '| goal | what | n | median | min–max | met |', '|---|---|---|---|---|---|');
+  for (const g of goals) md.push(`| ${g.goal} | ${g.what} | ${g.n} | **${fmt(g.median)}** | ${fmt(g.min)}–${fmt(g.max)} | ${g.met ? 'yes' : '**no**'} |`);
+  md.push('');
 }
 
 writeFileSync(join(resultsDir, `${name}.json`), JSON.stringify(json, null, 2) + '\n');
