@@ -6,7 +6,7 @@
 #   pgbench     pgbench -i -s 100 (zstd-3 ~20:1)                                   --quick: -s 10
 #   realistic   realistic.events, 3 M rows of random text/uuid/numeric/timestamps/jsonb, pk + 2 btrees + GIN,
 #               ~2 GB (zstd-3 ~2.4:1; bench/sql/realistic-*.sql, the anchors' generator)  --quick: 200,000 rows
-#   manyrel     100,000 small tables (one row each) in schema manyrel               --quick: 10,000
+#   manyrel     100,000 small tables (one row each, no FSM/VM) in schema manyrel     --quick: 5,000
 # Phases, per round:
 #   full      every tool takes a full backup (timed), then every tool restores it into an empty directory
 #             (timed); each restored cluster is started (recovery to the end of the backup, promote) on its
@@ -29,7 +29,8 @@
 # Results: bench/results/backup[-quick].{tsv,json,md}.
 # Usage: bench/backup.sh [--quick] [--only pgbench,realistic,manyrel] [--phases full,incr] [--runs N]
 #                        [--variants "pgark-file pgbr-posix-zst ..."] [--keep]
-# Env knobs: BK_MANYREL_VARIANTS (manyrel: without lz4 and block: its point is memory and time with many files),
+# Env knobs: BK_MANYREL_RUNS (rounds for manyrel; default --runs), BK_PGBENCH_PHASES (full,incr; --quick: full),
+#   BK_MANYREL_VARIANTS (manyrel: without lz4 and block: its point is memory and time with many files),
 #   BK_RESTORE_INCR (all; pgark = restore and check only pgark's incrementals; --quick: pgark), BK_SCALE (100), BK_ROWS (3000000), BK_RELS (100000), BK_PORT_BASE (55480), BENCH_HOME, BENCH_BUILD,
 #   BK_REPOS ($BENCH_HOME/repos: file/posix repositories), RES_NAME.
 set -euo pipefail
@@ -52,25 +53,33 @@ while [ $# -gt 0 ]; do
 done
 ALL_VARIANTS="pgark-file pgbr-posix-zst pgbr-posix-lz4 pgbr-posix-block pgark-s3 pgbr-s3-zst pgbr-s3-lz4 barman-s3"
 if [ "$QUICK" = 1 ]; then
-  BK_SCALE=${BK_SCALE:-10}; BK_ROWS=${BK_ROWS:-200000}; BK_RELS=${BK_RELS:-10000}; RUNS=${RUNS_ARG:-2}
+  BK_SCALE=${BK_SCALE:-10}; BK_ROWS=${BK_ROWS:-200000}; RUNS=${RUNS_ARG:-2}
   VARIANTS=${VARIANTS_ARG:-"pgark-file pgbr-posix-zst pgbr-posix-block pgark-s3 pgbr-s3-zst barman-s3"}
+  BK_RELS=${BK_RELS:-5000}
   MANYREL_VARIANTS=${BK_MANYREL_VARIANTS:-"pgark-file pgbr-posix-zst pgark-s3 pgbr-s3-zst"}
   RESTORE_INCR=${BK_RESTORE_INCR:-pgark}
+  PGBENCH_PHASES=${BK_PGBENCH_PHASES:-full}      # --quick: incrementals on the realistic data set only
   RES_NAME=${RES_NAME:-backup-quick}
 else
   BK_SCALE=${BK_SCALE:-100}; BK_ROWS=${BK_ROWS:-3000000}; BK_RELS=${BK_RELS:-100000}; RUNS=${RUNS_ARG:-$RUNS}
   VARIANTS=${VARIANTS_ARG:-$ALL_VARIANTS}
-  MANYREL_VARIANTS=${BK_MANYREL_VARIANTS:-"pgark-file pgbr-posix-zst pgark-s3 pgbr-s3-zst barman-s3"}
+  MANYREL_VARIANTS=${BK_MANYREL_VARIANTS:-"pgark-file pgbr-posix-zst pgark-s3 barman-s3"}   # pgBackRest S3: one object per file, 10+ min
   RESTORE_INCR=${BK_RESTORE_INCR:-all}
+  PGBENCH_PHASES=${BK_PGBENCH_PHASES:-full,incr}
   RES_NAME=${RES_NAME:-backup}
 fi
+MANYREL_RUNS=${BK_MANYREL_RUNS:-$RUNS}
 BK_PORT_BASE=${BK_PORT_BASE:-55480}
 RESTORE_PORT=$((BK_PORT_BASE + 9))
 BK_REPOS=${BK_REPOS:-$BENCH_HOME/repos}
 RESTORE_DIR="$BENCH_HOME/restore"
 BKCONF="$BENCH_HOME/conf/backup"
 has() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
-has_phase() { case ",$PHASES," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+has_phase() {  # has_phase PHASE [DATASET]
+  case ",$PHASES," in *",$1,"*) ;; *) return 1 ;; esac
+  [ "${2:-}" != pgbench ] && return 0
+  case ",$PGBENCH_PHASES," in *",$1,"*) return 0 ;; *) return 1 ;; esac
+}
 
 ds_port() { case $1 in pgbench) echo $BK_PORT_BASE ;; realistic) echo $((BK_PORT_BASE + 1)) ;; manyrel) echo $((BK_PORT_BASE + 2)) ;; esac; }
 ds_pgdata() { echo "$BENCH_HOME/bk-$1"; }
@@ -166,7 +175,7 @@ ensure_dataset() {  # ensure_dataset NAME: the cluster exists with the data set'
                  begin for t in select tablename from pg_tables where schemaname = 'manyrel' loop
                    execute format('select count(*) from manyrel.%I', t) into c; n := n + c; k := k + 1; end loop;
                    return k || ' tables/' || n || ' rows'; end \$\$"
-        psqlc "vacuum (freeze, analyze)" ;;
+        psqlc "analyze" ;;   # no VACUUM: it would give each table a 24 KiB FSM and a VM (100,000 × 40 KiB)
     esac
     psqlc "checkpoint"
     echo "$want" >"$PGDATA/bench-dataset"; chown postgres:postgres "$PGDATA/bench-dataset"
@@ -413,7 +422,7 @@ CHANGE_LABEL_b="append: 1 % new rows + UPDATE of half of the newest 2 %"
 # ---------------------------------------------------------------------------------------------
 res_init "$RES_NAME"
 write_meta "$RES_NAME" "datasets=$ONLY" "phases=$PHASES" "runs=$RUNS" "variants=$VARIANTS" "pgbench_scale=$BK_SCALE" \
-  "realistic_rows=$BK_ROWS" "manyrel_tables=$BK_RELS" "manyrel_variants=$MANYREL_VARIANTS" "restore_incr=$RESTORE_INCR" "quick=$QUICK" "repos=$BK_REPOS (disk)" "restore_dir=$RESTORE_DIR (disk)" \
+  "realistic_rows=$BK_ROWS" "manyrel_tables=$BK_RELS" "manyrel_variants=$MANYREL_VARIANTS" "manyrel_runs=$MANYREL_RUNS" "pgbench_phases=$PGBENCH_PHASES" "restore_incr=$RESTORE_INCR" "quick=$QUICK" "repos=$BK_REPOS (disk)" "restore_dir=$RESTORE_DIR (disk)" \
   "rgw=$RGW_OBJECTSTORE tcp_nodelay=1 $S3_URL (pgBackRest via stunnel $S3_TLS_URL)"
 write_configs
 
@@ -425,14 +434,15 @@ for d in realistic pgbench manyrel; do
   ensure_dataset "$d"
   psqlc "checkpoint"
   log "data set $d: $(ds_params "$d"), PGDATA without pg_wal $(( $(pgdata_bytes) / 1000000 )) MB"
-  for run in $(seq "$RUNS"); do
+  rounds=$RUNS; [ "$d" = manyrel ] && rounds=$MANYREL_RUNS
+  for run in $(seq "$rounds"); do
     use_ds "$d"
     BASIS=$(pgdata_bytes); EXPECT=$(psqlc "$(check_query "$d")")
     log "== $d round $run: $(ordered "$run"); source check: $EXPECT"
     for v in $VARIANTS; do reset_repo "$v" "$d"; done
     for v in $(ordered "$run"); do run_backup full "$d · $(repo_kind "$v")" "$v" "$d" full "$run"; done
     for v in $(ordered "$run"); do run_restore restore "$d · $(repo_kind "$v")" "$v" "$d" "$run"; done
-    if has_phase incr && [ "$d" != manyrel ]; then
+    if has_phase incr "$d" && [ "$d" != manyrel ]; then
       for c in a b; do
         label_var="CHANGE_LABEL_$c"; sec="incr-$c"
         set_archive_command '/bin/true'; psqlc "checkpoint"

@@ -251,7 +251,7 @@ function goalsOf() {
 const goals = goalsOf();
 if (goals && goals.length > 0) {
   json.goals = goals;
-  md.push('## Goals (issue #5), per round', '', 'Ratios per round (pgark and the peer of the same round; incremental vs the floor and vs pgark\'s full of the same round), median (min–max); peak RSS in MiB (limit 150 MB = 143 MiB).', '',
+  md.push('## Goals (issue #5), per round', '', 'The goals apply to pgark; pgBackRest\'s incremental bytes vs the floor are shown for comparison. Ratios per round (pgark and the peer of the same round; an incremental vs the floor and vs pgark\'s full of the same round), median (min–max); peak RSS: the largest over all pgark rows, in MiB (150 MB = 143 MiB).', '',
     '| goal | what | n | median | min–max | met |', '|---|---|---|---|---|---|');
   for (const g of goals) md.push(`| ${g.goal} | ${g.what} | ${g.n} | **${fmt(g.median)}** | ${fmt(g.min)}–${fmt(g.max)} | ${g.met ? 'yes' : '**no**'} |`);
   md.push('');
