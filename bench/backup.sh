@@ -426,8 +426,21 @@ write_meta "$RES_NAME" "datasets=$ONLY" "phases=$PHASES" "runs=$RUNS" "variants=
   "rgw=$RGW_OBJECTSTORE tcp_nodelay=1 $S3_URL (pgBackRest via stunnel $S3_TLS_URL)"
 write_configs
 
+# one benchmark at a time: wait (before each round) while another bench script measures
+MY_PGID=$(ps -o pgid= $$ | tr -d ' ')
+wait_for_other_benchmarks() {
+  local others i
+  for i in $(seq 720); do
+    # (our own subshells share our process group; a benchmark started elsewhere has its own)
+    others=$(ps -eo pid=,pgid=,args= | awk -v me="$MY_PGID" '$2 != me && $0 ~ /bench\/(pipeline|wal-archive|verify|backup)\.sh/' || true)
+    [ -z "$others" ] && return 0
+    [ "$i" = 1 ] && log "waiting until another benchmark finishes: $(echo "$others" | head -2 | cut -c1-100 | tr '\n' ';')"
+    sleep 5
+  done
+  log "still another benchmark running after an hour; going on (see the load column)"
+}
 ALL_DS_VARIANTS=$VARIANTS
-for d in realistic pgbench manyrel; do
+for d in realistic manyrel pgbench; do
   has "$d" || continue
   VARIANTS=$ALL_DS_VARIANTS
   if [ "$d" = manyrel ] && [ -z "$VARIANTS_ARG" ]; then VARIANTS=$MANYREL_VARIANTS; fi
@@ -436,6 +449,7 @@ for d in realistic pgbench manyrel; do
   log "data set $d: $(ds_params "$d"), PGDATA without pg_wal $(( $(pgdata_bytes) / 1000000 )) MB"
   rounds=$RUNS; [ "$d" = manyrel ] && rounds=$MANYREL_RUNS
   for run in $(seq "$rounds"); do
+    wait_for_other_benchmarks
     use_ds "$d"
     BASIS=$(pgdata_bytes); EXPECT=$(psqlc "$(check_query "$d")")
     log "== $d round $run: $(ordered "$run"); source check: $EXPECT"
