@@ -303,7 +303,7 @@ reset_repo() {
               die "pgbackrest stanza-create ($1 $2) failed: $(tail -3 "$LOGDIR/bk-stanza-$1-$2.log")" ;;
   esac
 }
-tree_bytes() { if [ -d "$1" ]; then find "$1" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}'; else echo 0; fi; }
+tree_bytes() { if [ -d "$1" ]; then find "$1" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}'; else echo 0; fi; }
 # stored_bytes VARIANT DATASET: bytes of backup data in the repository (WAL archive excluded)
 stored_bytes() {
   case $1 in
