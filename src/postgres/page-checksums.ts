@@ -10,15 +10,7 @@
  * computes the checksum of the page at `offset` in the module's memory, after zeroing its
  * pd_checksum field there (a copy of the caller's page).
  */
-import { isNewPage, pageChecksum, storedChecksum } from './page.ts';
-
-const FNV_PRIME = 16777619;
-const BASE_OFFSETS = [
-  0x5b1f36e9, 0xb8525960, 0x02ab50aa, 0x1de66d2a, 0x79ff467a, 0x9bb9f8a3, 0x217e7cd2, 0x83e13d2c,
-  0xf8d4474f, 0xe39eb970, 0x42c6ae16, 0x993216fa, 0x7b093b5d, 0x98daff3c, 0xf718902a, 0x0b1c9cdb,
-  0xe58f764b, 0x187636bc, 0x5d7b3bb1, 0xe73de7de, 0x92bec979, 0xcca6c0b2, 0x304a0979, 0x85aa43d4,
-  0x783125bb, 0x6ca8eaa2, 0xe407eac6, 0x4b5cfc3e, 0x9fbf8c76, 0x15ca20be, 0xf2ca9fd3, 0x959bd756,
-];
+import { CHECKSUM_BASE_OFFSETS as BASE_OFFSETS, FNV_PRIME, isNewPage, pageChecksum, storedChecksum } from './page.ts';
 
 // ---- a minimal WebAssembly assembler ----------------------------------------------------------
 const uleb = (n: number): number[] => {

@@ -16,8 +16,9 @@ export function pageLsn(data: Buffer, offset: number): number {
 // xored with the block number, and reduced to 1..65535.
 
 const N_SUMS = 32;
-const FNV_PRIME = 16777619;
-const CHECKSUM_BASE_OFFSETS = [
+/** Shared with the vectorised version in page-checksums.ts. */
+export const FNV_PRIME = 16777619;
+export const CHECKSUM_BASE_OFFSETS: readonly number[] = [
   0x5b1f36e9, 0xb8525960, 0x02ab50aa, 0x1de66d2a, 0x79ff467a, 0x9bb9f8a3, 0x217e7cd2, 0x83e13d2c,
   0xf8d4474f, 0xe39eb970, 0x42c6ae16, 0x993216fa, 0x7b093b5d, 0x98daff3c, 0xf718902a, 0x0b1c9cdb,
   0xe58f764b, 0x187636bc, 0x5d7b3bb1, 0xe73de7de, 0x92bec979, 0xcca6c0b2, 0x304a0979, 0x85aa43d4,
