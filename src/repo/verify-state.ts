@@ -53,9 +53,17 @@ export async function readLatestState(repo: Repository): Promise<{ key: string; 
   return undefined;
 }
 
+/**
+ * Stores a run's record, then deletes all but the two newest: each record is cumulative, and
+ * the one before the newest is kept in case the newest turns out unreadable.
+ */
 export async function writeState(repo: Repository, state: VerifyState): Promise<string> {
   const key = verifyStateKey(state.run);
   const body = await promisify(zstdCompress)(Buffer.from(JSON.stringify(state)));
   await repo.storage.put(key, body, { kind: 'meta' });
+  const keys: string[] = [];
+  for await (const object of repo.storage.list(VERIFY_PREFIX)) if (verifyRunOfKey(object.key)) keys.push(object.key);
+  const superseded = keys.sort().slice(0, -2).filter((k) => k < key);
+  if (superseded.length > 0) await repo.storage.delete(superseded);
   return key;
 }

@@ -110,6 +110,9 @@ async function scenario(t: TestContext, kind: 'file' | 's3', compression: 'zstd'
   assert.equal(full.code, 0);
   assert.equal(full.report.read.packs.objects, allPacks.size + b4.packs.length);
   assert.equal(full.report.read.wal.objects, walNow);
+  // three runs wrote a record (first, third, full): only the two newest are kept
+  const records = (await repo.keys()).filter((k) => k.startsWith('verify/')).sort();
+  assert.deepEqual(records, [third.report.state.written, full.report.state.written].filter((k) => k !== null).sort(), 'older verification records deleted');
 
   /** The one problem of a damaged run: its kind, object, and that it names b1 and a lost range from b1's stop. */
   const expectBroken = (run: { code: number | null; report: Report }, kindOf: string, object: string, what: string) => {
