@@ -121,7 +121,9 @@ test('the postmaster environment reaches archive_command; leftover archive comma
     assert.equal(fs.readFileSync(file, 'utf8').trim(), marker);
     await c.sql('CREATE TABLE b AS SELECT 1; SELECT pg_switch_wal()');
     const pm = c.postmasterPid()!;
-    await waitFor('the hanging archive_command', () => processTree(pm).some((p) => /sleep/.test(fs.readFileSync(`/proc/${p}/cmdline`, 'utf8'))));
+    // (a process of the tree may exit between listing and reading its cmdline)
+    const cmdline = (pid: number): string => { try { return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8'); } catch { return ''; } };
+    await waitFor('the hanging archive_command', () => processTree(pm).some((p) => /sleep/.test(cmdline(p))));
   } finally {
     await destroyAndCheck(c); // the `sleep 600` must be gone too
   }
