@@ -26,22 +26,12 @@ import {
   waitArchived, waitFor,
   type WalRepo,
 } from '../support/wal.ts';
+import { prng } from '../support/random.ts';
 
 const TRIALS = Number(process.env.PGARK_TEST_KILL_TRIALS ?? (FULL ? 100 : 20));
 const SEGMENTS = 24;
 const PUSH_AHEAD = 4;
 const SEED = Number(process.env.PGARK_TEST_SEED ?? Date.now() % 1_000_000);
-
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Outcome { code: number | null; signal: NodeJS.Signals | null; ms: number; stderr: string; pushersKilled: number }
 

@@ -25,6 +25,7 @@ import { once } from 'node:events';
 import http, { type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import type net from 'node:net';
 import { pipeline } from 'node:stream';
+import { prng } from './random.ts';
 
 export type ResetPhase = 'before' | 'after-upstream' | 'mid-response';
 export type FaultKind = 'error500' | 'slowDown503' | 'resetBefore' | 'resetAfterUpstream' | 'resetMidResponse';
@@ -84,18 +85,6 @@ export interface FaultProxyOptions {
   faults?: Faults;
   /** port to listen on (default: any free one) */
   port?: number;
-}
-
-/** mulberry32: small, fast, good enough for test dice */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'upgrade', 'expect', 'te', 'trailer']);

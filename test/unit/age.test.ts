@@ -15,21 +15,10 @@ import {
   parseRecipient,
   recipientFromIdentity,
 } from '../../src/pipeline/age.ts';
+import { prng } from '../support/random.ts';
 
 const KiB64 = 64 * 1024;
 const SIZES = [0, 1, KiB64 - 1, KiB64, KiB64 + 1, 3 * KiB64, 1024 * 1024 + 7];
-
-/** Deterministic PRNG (mulberry32) so a failing split pattern can be reproduced. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Splits at random boundaries: mostly small pieces, sometimes single bytes or large runs. */
 function randomSplit(data: Buffer, seed: number): Buffer[] {
