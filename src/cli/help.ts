@@ -48,7 +48,8 @@ function typeLabel(spec: SettingSpec): string {
 
 export function settingsHelp(): string {
   const lines = [
-    'Settings (config file key / flag --KEY / environment PGARK_KEY; flags win over environment over file):',
+    'Settings (config file key / flag --KEY / environment PGARK_KEY; flags win over environment over file;',
+    'a boolean is turned on with --KEY and off with --no-KEY):',
     '',
   ];
   let group = '';

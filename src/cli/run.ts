@@ -19,7 +19,11 @@ const GLOBAL_OPTIONS: ParseArgsOptionsConfig = {
 function settingOptions(): ParseArgsOptionsConfig {
   const options: ParseArgsOptionsConfig = {};
   for (const spec of SETTINGS) {
-    if (spec.type.kind === 'boolean') options[spec.key] = { type: 'boolean' };
+    if (spec.type.kind === 'boolean') {
+      // --KEY turns it on, --no-KEY off (for settings that default to on, or are on in the file).
+      options[spec.key] = { type: 'boolean' };
+      options[`no-${spec.key}`] = { type: 'boolean' };
+    }
     else if (spec.type.kind === 'list') options[spec.key] = { type: 'string', multiple: true };
     else options[spec.key] = { type: 'string' };
   }
@@ -90,7 +94,9 @@ export async function runCli(argv: string[]): Promise<number> {
       });
     }
     const flags: Record<string, string | string[] | boolean | undefined> = {};
-    for (const setting of SETTINGS) flags[setting.key] = values[setting.key] as string | string[] | boolean | undefined;
+    for (const setting of SETTINGS) {
+      flags[setting.key] = values[`no-${setting.key}`] ? false : values[setting.key] as string | string[] | boolean | undefined;
+    }
     const loaded = spec.usesConfig
       ? loadConfig({ configPath: values.config as string | undefined, env: process.env, flags })
       : loadConfig({ env: {}, flags: {}, configPath: '/dev/null' });

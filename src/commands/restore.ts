@@ -19,6 +19,8 @@ import { Repository } from '../repo/repository.ts';
 import { listWalObjects } from '../repo/wal-archive.ts';
 import { restoreFiles, syncFilesystems, type FileToRestore } from '../repo/restore-files.ts';
 import { Semaphore } from '../util/concurrency.ts';
+import { DirectWriter } from '../util/direct-io.ts';
+import { BLOCKS_PER_BLOB } from '../repo/backup-files.ts';
 import { log } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
 import { formatBytes, formatDuration } from '../util/units.ts';
@@ -178,6 +180,8 @@ export async function run(ctx: CommandContext): Promise<number> {
     let written = 0;
     let filesRestored = 0;
     const fetchers = new Semaphore(loaded.config['process-max']);
+    // Each range being decoded writes one piece at a time, so process-max buffers suffice.
+    const direct = loaded.config['restore-direct-io'] && !delta ? new DirectWriter(loaded.config['process-max'], BLOCKS_PER_BLOB * backup.blockSize) : undefined;
     // Files go in batches whose blobs are fetched together (see restore-files.ts); batches run
     // concurrently, bounded by the fetchers, and their directories exist before they run.
     let batch: FileToRestore[] = [];
@@ -188,7 +192,7 @@ export async function run(ctx: CommandContext): Promise<number> {
       batch = [];
       batchBytes = 0;
       while (running.size >= 2) await Promise.race(running);
-      const job = restoreFiles(repo, files, { blockSize: backup.blockSize, fetchers, identities, delta, onBytes: (n) => progress.add(n) })
+      const job = restoreFiles(repo, files, { blockSize: backup.blockSize, fetchers, identities, delta, direct, onBytes: (n) => progress.add(n) })
         .then((result) => {
           written += result.written;
           filesRestored += files.length;
@@ -233,12 +237,13 @@ export async function run(ctx: CommandContext): Promise<number> {
       files: filesRestored,
       size: formatBytes(backup.size),
       written: formatBytes(written),
+      writtenDirect: formatBytes(direct?.bytesWritten ?? 0),
       duration: formatDuration(ms),
       rate: `${formatBytes((backup.size / Math.max(ms, 1)) * 1000)}/s`,
       peakRss: formatBytes(process.resourceUsage().maxRSS * 1024),
       next: `start PostgreSQL on ${targetDir}; it replays WAL from the archive${target.kind === 'latest' ? '' : ` to the ${target.kind} target`}`,
     });
-    if (ctx.json) process.stdout.write(JSON.stringify({ backup: backup.id, targetDir, files: filesRestored, size: backup.size, written, durationMs: ms }) + '\n');
+    if (ctx.json) process.stdout.write(JSON.stringify({ backup: backup.id, targetDir, files: filesRestored, size: backup.size, written, writtenDirect: direct?.bytesWritten ?? 0, durationMs: ms }) + '\n');
     return 0;
   } finally {
     await repo.close();

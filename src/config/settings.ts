@@ -71,6 +71,7 @@ export const SETTINGS = [
 
   { key: 'part-size', group: 'performance', type: { kind: 'size', min: 1024 }, default: '8MiB', description: 'First part size of multipart uploads (S3 parts, Azure blocks); later parts grow so 10,000 S3 parts reach 5 TiB. S3 needs at least 5MiB' },
   { key: 'process-max', group: 'performance', type: { kind: 'integer', min: 1, max: 64 }, default: 4, description: 'Parallel transfers' },
+  { key: 'restore-direct-io', group: 'performance', type: { kind: 'boolean' }, default: true, description: 'restore writes large aligned pieces of data files with O_DIRECT (Linux), past the page cache: much less system CPU, and the host\'s cache is left to the database. Falls back to ordinary writes where the filesystem refuses it; off = everything through the page cache (the restored data then starts out cached)' },
   { key: 'bandwidth-limit', group: 'performance', type: { kind: 'size' }, default: 0, description: 'Transfer limit in bytes per second, per process (0 = none), e.g. 50MiB' },
   { key: 'retry-max', group: 'performance', type: { kind: 'integer', min: 1, max: 50 }, default: 8, description: 'Attempts per storage request (exponential backoff with jitter)' },
   { key: 'request-timeout', group: 'performance', type: { kind: 'duration' }, default: '60s', description: 'A request with no progress for this long is retried' },

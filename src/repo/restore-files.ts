@@ -14,6 +14,7 @@ import { decryptBuffer, isEncryptedKey } from '../pipeline/object-format.ts';
 import { ZstdFrameSequence } from '../pipeline/zstd-frames.ts';
 import { freeNow } from '../util/memory.ts';
 import type { Semaphore } from '../util/concurrency.ts';
+import { isAlignedForDirectIo, type DirectWriter } from '../util/direct-io.ts';
 import type { Extent, ManifestEntry } from './backup-manifest.ts';
 import { decodeBlob } from './blob-check.ts';
 import { isValidPackId, packKey } from './layout.ts';
@@ -32,6 +33,8 @@ export interface RestoreOptions {
   fetchers: Semaphore;
   identities: readonly string[];
   delta: boolean;
+  /** Writes large aligned pieces past the page cache (util/direct-io.ts); not with delta. */
+  direct?: DirectWriter;
   onBytes?: (bytes: number) => void;
 }
 
@@ -124,6 +127,20 @@ export async function restoreFiles(repo: Repository, files: readonly FileToResto
   // O_NOFOLLOW: never write through a symlink planted at the file's own name.
   const flags = options.delta ? constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW : constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
   const fds: number[] = [];
+  // O_DIRECT descriptors, opened at a file's first piece that qualifies.
+  const directFds: (number | undefined)[] = [];
+  const direct = options.delta ? undefined : options.direct;
+  const writePiece = async (file: number, part: Buffer, position: number): Promise<number> => {
+    if (direct?.enabled && isAlignedForDirectIo(position, part.length)) {
+      directFds[file] ??= direct.open(files[file]!.absolute);
+      const fd = directFds[file];
+      if (fd !== undefined) {
+        const done = await direct.write(fd, part, position);
+        return done + (done < part.length ? await writeAt(fds[file]!, part, done, part.length - done, position + done) : 0);
+      }
+    }
+    return writeAt(fds[file]!, part, 0, part.length, position);
+  };
   let written = 0;
   try {
     for (const file of files) fds.push(openSync(file.absolute, flags, file.entry.m & 0o777));
@@ -148,7 +165,7 @@ export async function restoreFiles(repo: Repository, files: readonly FileToResto
               }
               const position = first * options.blockSize;
               // (await first, then add: `written += await …` would read `written` before awaiting.)
-              const bytes = options.delta ? await writeChangedBlocks(fds[file]!, part, position, options.blockSize) : await writeAt(fds[file]!, part, 0, part.length, position);
+              const bytes = options.delta ? await writeChangedBlocks(fds[file]!, part, position, options.blockSize) : await writePiece(file, part, position);
               written += bytes;
               options.onBytes?.(part.length);
             }
@@ -173,7 +190,7 @@ export async function restoreFiles(repo: Repository, files: readonly FileToResto
       futimesSync(fds[i]!, mtime, mtime);
     });
   } finally {
-    for (const fd of fds) closeSync(fd);
+    for (const fd of [...fds, ...directFds]) if (fd !== undefined) closeSync(fd);
   }
   return { written };
 }
