@@ -10,7 +10,10 @@
 #   M_SRV_CPU CPU seconds used meanwhile by the S3 side (ceph-mon/osd/radosgw + stunnel)
 #   M_RC     exit status. CMD's stdout+stderr go to $TMPD/last.out (or $M_OUT if set).
 # After CMD exits, waits (up to 60 s) until nothing else is left in the cgroup, so a detached
-# daemon's CPU is counted and it cannot leak into the next measurement.
+# daemon's CPU is counted and it cannot leak into the next measurement. Before CMD starts, `sync`
+# writes back what earlier steps left dirty (a restored cluster, a deleted directory): on this
+# VM writeback of 1.6 GB costs seconds of kernel CPU, which would otherwise land on whichever
+# tool runs next.
 
 CG_ROOT=/sys/fs/cgroup/cpuacct
 CG=""
@@ -41,7 +44,9 @@ measure() {
   local tf="$TMPD/time.out" out="${M_OUT:-$TMPD/last.out}" s0 s1 t0 t1 c0=0 c1=0
   rm -f "$tf"; chmod 777 "$TMPD" 2>/dev/null || true
   cg_setup
-  if [ -n "$CG" ]; then cg_wait_empty 60; c0=$(cat "$CG/cpuacct.usage"); fi
+  if [ -n "$CG" ]; then cg_wait_empty 60; fi
+  sync
+  if [ -n "$CG" ]; then c0=$(cat "$CG/cpuacct.usage"); fi
   local -a run=(/usr/bin/time -v -o "$tf" "$@")
   if [ "$pg" = 1 ]; then as_pg_argv; run=("${AS_PG[@]}" "${run[@]}"); fi
   M_LOAD=$(cut -d' ' -f1 /proc/loadavg)   # 1-min load average when the command starts (the machine is shared)
