@@ -19,6 +19,7 @@ import { PgarkError } from '../errors.ts';
 import { parseWalFileName, segmentNumber } from '../postgres/wal.ts';
 import { chownTree, findServerBinaries, freePort, ScratchServer, serverOsUser } from '../postgres/scratch-server.ts';
 import { listBackups, type BackupSummary } from '../repo/backup-manifest.ts';
+import { acquireReaderLease, type RepositoryLock } from '../repo/lock.ts';
 import { Repository } from '../repo/repository.ts';
 import { listWalObjects, readStoredWal, type StoredWalObject } from '../repo/wal-archive.ts';
 import { mapSettled } from '../util/concurrency.ts';
@@ -71,21 +72,41 @@ export async function run(ctx: CommandContext): Promise<number> {
     error: null,
   };
 
-  let backup: BackupSummary;
+  // One shared lease from choosing the backup to the last WAL file downloaded (the restore
+  // inside takes its own as well): expire must not delete what the test still has to read.
   const repo = await Repository.open(loaded, { requireInit: true });
+  let lease: RepositoryLock | undefined;
+  let backup: BackupSummary;
   try {
+    lease = await acquireReaderLease(repo, 'pgark restore-test', { leaseMs: loaded.config['lock-lease'], waitMs: loaded.config['lock-wait'], signal: ctx.signal });
     backup = chooseBackup(await listBackups(repo), target, options.set as string | undefined);
-  } finally {
+  } catch (error) {
+    await lease?.release();
     await repo.close();
+    throw error;
   }
+
+  let repoOpen = true;
+  const releaseLease = async () => {
+    if (!repoOpen) return;
+    repoOpen = false;
+    await lease?.release();
+    await repo.close();
+  };
   report.backup = backup.id;
   report.pgMajor = backup.pgMajor;
-  const binDir = await findServerBinaries(backup.pgMajor, loaded.config['pg-bin-dir']);
-  report.binDir = binDir;
-
-  const parent = resolve(loaded.config['restore-test-path'] ?? tmpdir());
-  await mkdir(parent, { recursive: true });
-  const scratch = await mkdtemp(join(parent, 'pgark-restore-test-'));
+  let binDir: string;
+  let scratch: string;
+  try {
+    binDir = await findServerBinaries(backup.pgMajor, loaded.config['pg-bin-dir']);
+    report.binDir = binDir;
+    const parent = resolve(loaded.config['restore-test-path'] ?? tmpdir());
+    await mkdir(parent, { recursive: true });
+    scratch = await mkdtemp(join(parent, 'pgark-restore-test-'));
+  } catch (error) {
+    await releaseLease();
+    throw error;
+  }
   report.scratchDir = scratch;
   let server: ScratchServer | undefined;
   let failure: unknown;
@@ -119,6 +140,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     report.wal = await stageWal(loaded, backup, walDir, loaded.config['process-max'], ctx.signal);
     report.timings.walMs = Date.now() - t0;
     report.timings.downloadMs = report.timings.restoreMs + report.timings.walMs;
+    await releaseLease(); // everything needed is local now; replay and checks may take long
     if (user) await chownTree(scratch, user);
 
     // ---- replay: start, wait for consistency and the end of recovery ----
@@ -158,6 +180,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     failure = ctx.signal.aborted ? ctx.signal.reason : error;
     report.error = (failure as Error).message;
   } finally {
+    await releaseLease().catch(() => {});
     await server?.stop().catch((error: unknown) => log.error(`could not stop the scratch server: ${(error as Error).message}`));
     await rm(scratch, { recursive: true, force: true, maxRetries: 3 });
   }

@@ -14,6 +14,7 @@ import type { CommandContext } from '../cli/context.ts';
 import { PgarkError } from '../errors.ts';
 import { formatLsn, parseLsn } from '../postgres/wal.ts';
 import { listBackups, readManifest, type BackupSummary, type ManifestEntry } from '../repo/backup-manifest.ts';
+import { acquireReaderLease, type RepositoryLock } from '../repo/lock.ts';
 import { checkTimeReachable } from '../repo/recoverability.ts';
 import { Repository } from '../repo/repository.ts';
 import { listWalObjects } from '../repo/wal-archive.ts';
@@ -161,7 +162,11 @@ export async function run(ctx: CommandContext): Promise<number> {
   }
 
   const repo = await Repository.open(loaded, { requireInit: true });
+  let lease: RepositoryLock | undefined;
   try {
+    // Shared, like a backup: expire must not repack or delete the packs and the manifest
+    // generation being read, however long the restore takes (see acquireReaderLease).
+    lease = await acquireReaderLease(repo, 'pgark restore', { leaseMs: loaded.config['lock-lease'], waitMs: loaded.config['lock-wait'], signal: ctx.signal });
     const backups = await listBackups(repo);
     const backup = chooseBackup(backups, target, options.set as string | undefined);
     if (target.kind === 'time') checkTimeReachable(backup, target.value!, await listWalObjects(repo), repo.identity!.postgres.walSegmentSize);
@@ -246,6 +251,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     if (ctx.json) process.stdout.write(JSON.stringify({ backup: backup.id, targetDir, files: filesRestored, size: backup.size, written, writtenDirect: direct?.bytesWritten ?? 0, durationMs: ms }) + '\n');
     return 0;
   } finally {
+    await lease?.release();
     await repo.close();
   }
 }

@@ -2,8 +2,9 @@
  * The repository lock: leases, restic-style, because RGW 16 and Swift cannot PUT conditionally
  * (If-None-Match). A holder writes its own uniquely named lease object under locks/, then LISTs
  * locks/: if another live lease conflicts (exclusive vs anything), it removes its own and
- * fails, or waits and tries again. Backups take a shared lease, expire an exclusive one;
- * wal-push takes none.
+ * fails, or waits and tries again. Backups, verify, keep and the readers of packs (restore,
+ * restore-test) take a shared lease, expire an exclusive one; wal-push and wal-fetch take none
+ * (they only add or read WAL that expire keeps).
  *
  * Liveness without trusting anyone's wall clock: a lease is live while its object's
  * Last-Modified (the store's clock) plus its lease time is later than the Last-Modified of
@@ -96,8 +97,8 @@ export class RepositoryLock {
       if (Date.now() >= deadline) {
         throw new PgarkError('LOCKED', `the repository is locked by ${conflict.description}${conflict.expiresInMs > 0 ? `, lease ends in ${formatDuration(conflict.expiresInMs)} unless refreshed` : ''}`, {
           hint: kind === 'exclusive'
-            ? 'expire waits for running backups: try again later or set lock-wait; a crashed holder\'s lease expires by itself'
-            : 'a backup cannot start while expire runs: try again later or set lock-wait; a crashed holder\'s lease expires by itself',
+            ? 'expire waits for running backups, restores and verifies: try again later or set lock-wait; a crashed holder\'s lease expires by itself'
+            : `${command} cannot start while expire runs: try again later or set lock-wait; a crashed holder's lease expires by itself`,
         });
       }
       if (attempt === 0) log.info(`waiting for the repository lock held by ${conflict.description}`);
@@ -195,5 +196,27 @@ export class RepositoryLock {
     await this.repo.storage.delete(ours).catch((error: unknown) => {
       log.warn('could not remove the repository lock; it expires by itself', { error: (error as Error).message });
     });
+  }
+}
+
+let warnedReadOnly = false;
+
+/**
+ * The shared lease of a command that only reads (restore, restore-test): while it is held,
+ * expire neither repacks nor deletes the packs, manifests and WAL being read. A reader may have
+ * read-only credentials: when the lease cannot be written for lack of permission, it warns (once
+ * per process) and goes on without one. Restoring matters more than the lock; the warning says
+ * what is at stake. Any other failure (a conflicting expire, an unreachable store) is thrown.
+ */
+export async function acquireReaderLease(repo: Repository, command: string, options: LockOptions): Promise<RepositoryLock | undefined> {
+  try {
+    return await RepositoryLock.acquire(repo, 'shared', command, options);
+  } catch (error) {
+    if (!(error instanceof PgarkError) || error.code !== 'AUTH') throw error;
+    if (!warnedReadOnly) {
+      warnedReadOnly = true;
+      log.warn(`cannot write a lease under ${LOCKS_PREFIX} (read-only credentials?): going on without the repository lock; do not run pgark expire until this ${command} ends`, { error: error.message });
+    }
+    return undefined;
   }
 }
