@@ -53,6 +53,10 @@ export function formatReport(report: ExpireReport): string {
     out.push(`repack: ${report.dryRun ? 'would copy' : 'copied'} ${formatBytes(repack.liveBytes)} of live blobs out of ${repack.packs} pack(s) (${formatBytes(repack.bytes)})${report.dryRun ? '' : ` into ${repack.newPacks} new pack(s)`}; ${repack.backups} backup(s) ${report.dryRun ? 'would get' : 'got'} a new manifest generation; ${formatBytes(repack.savedBytes)} ${report.dryRun ? 'would be' : 'will be'} freed when a later expire deletes the old packs (after 24 h)`);
   }
   if (report.abortedUploads > 0) out.push(`aborted ${report.abortedUploads} multipart upload(s) open for over a day`);
+  if (report.tempFiles.count > 0) {
+    out.push(`temporary files of killed writers (last written over a day ago): ${report.dryRun ? 'would remove' : 'removed'} ${report.tempFiles.count} (${formatBytes(report.tempFiles.bytes)})`);
+    for (const key of report.tempFiles.keys) out.push(`  ${key}`);
+  }
   out.push(`${report.dryRun ? 'dry run: nothing deleted; would free' : 'freed'} ${formatBytes(deleted.bytes)} in ${formatDuration(report.durationMs)}${report.requests !== null ? `, ${report.requests} requests` : ''}`);
   return out.join('\n') + '\n';
 }

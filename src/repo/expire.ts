@@ -12,7 +12,8 @@
  * 3. Sweep, in this order, each step only while the lease is held: the summaries of expired
  *    backups (the backup stops existing at once), the rest of their objects and those of
  *    garbage incomplete backups, unreferenced packs, WAL no retained backup or the window
- *    needs, keep markers of deleted backups, multipart uploads open for over a day.
+ *    needs, keep markers of deleted backups, multipart uploads open for over a day and (file
+ *    repositories) temporary files of killed writers last written over a day ago.
  * 4. Repack (repack.ts): packs mostly made of blobs no retained backup references get their
  *    live blobs copied into new packs, and the backups using them a new generation of manifest
  *    and summary. Superseded generations and the old packs are deleted by a later run, once
@@ -34,6 +35,7 @@ import { decideRetention, hasPolicy, walNeeded, type RetainReason, type Retentio
 import { addLiveBlob, repack, REPACK_GRACE_MS, repackCandidates, summarize, type LiveBlobs, type RepackSummary } from './repack.ts';
 import { listWalObjects } from './wal-archive.ts';
 
+/** Unfinished uploads and temporary files older than this belong to writers that died. */
 const STALE_UPLOAD_MS = 24 * 3600 * 1000;
 
 export interface ExpireOptions {
@@ -64,6 +66,8 @@ export interface ExpireReport {
   /** What repacking did (or, in a dry run, would do). */
   repack: RepackSummary;
   abortedUploads: number;
+  /** Temporary files of killed writers (file repositories), removed (or, in a dry run, to be). */
+  tempFiles: Deletion & { keys: string[] };
   durationMs: number;
   /** S3 requests sent (null for other stores). */
   requests: number | null;
@@ -203,6 +207,8 @@ export async function expire(repo: Repository, options: ExpireOptions): Promise<
 
     const existing = new Set([...completeIds.filter((id) => decision.retained.has(id)), ...(keptIncomplete ? [keptIncomplete] : [])]);
     const deadMarkers = [...markers.keys].filter(([id]) => !existing.has(id)).flatMap(([, keys]) => keys);
+    const staleBefore = new Date(options.now.getTime() - STALE_UPLOAD_MS);
+    const tempFiles = (await repo.storage.staleTempFiles?.(staleBefore)) ?? [];
 
     const report: ExpireReport = {
       dryRun: options.dryRun,
@@ -216,11 +222,12 @@ export async function expire(repo: Repository, options: ExpireOptions): Promise<
         packs: sum(deadPacks),
         wal: sum(deadWal),
         keepMarkers: deadMarkers.length,
-        bytes: sum([...expiredBackupObjects, ...garbageObjects, ...retainedSuperseded, ...orphans, ...deadPacks, ...deadWal]).bytes,
+        bytes: sum([...expiredBackupObjects, ...garbageObjects, ...retainedSuperseded, ...orphans, ...deadPacks, ...deadWal, ...tempFiles]).bytes,
       },
       remaining: { packs: sum(livePacks), wal: sum(liveWal) },
       repack: summarize(candidates, toRewrite.length),
       abortedUploads: 0,
+      tempFiles: { ...sum(tempFiles), keys: tempFiles.map((o) => o.key) },
       durationMs: 0,
       requests: null,
     };
@@ -246,7 +253,12 @@ export async function expire(repo: Repository, options: ExpireOptions): Promise<
         report.repack.newPacks = await repack(repo, { candidates, live, backups: toRewrite, lock, concurrency: options.concurrency });
       }
       lock.assertHeld('aborting stale multipart uploads');
-      report.abortedUploads = (await repo.storage.abortStaleUploads?.(new Date(options.now.getTime() - STALE_UPLOAD_MS))) ?? 0;
+      report.abortedUploads = (await repo.storage.abortStaleUploads?.(staleBefore)) ?? 0;
+      if (tempFiles.length > 0) {
+        lock.assertHeld('removing temporary files');
+        log.info(`removing ${tempFiles.length} temporary file(s) of killed writers, last written over a day ago`);
+        await repo.storage.removeTempFiles?.(tempFiles.map((o) => o.key));
+      }
     }
     report.durationMs = Date.now() - started;
     report.requests = repo.description.startsWith('s3://') ? storageRequests.count - requestsBefore : null;

@@ -38,4 +38,12 @@ export class DelegatingStorage implements Storage {
   async abortStaleUploads(olderThan: Date): Promise<number> {
     return (await this.inner.abortStaleUploads?.(olderThan)) ?? 0;
   }
+
+  async staleTempFiles(olderThan: Date): Promise<ObjectInfo[]> {
+    return (await this.inner.staleTempFiles?.(olderThan)) ?? [];
+  }
+
+  async removeTempFiles(keys: readonly string[]): Promise<void> {
+    await this.inner.removeTempFiles?.(keys);
+  }
 }

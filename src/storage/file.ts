@@ -1,12 +1,14 @@
 /**
  * A repository in a local (or mounted) directory. A put writes a temporary file in the target
  * directory, fsyncs it, renames it into place and fsyncs the directory, so a reader (or a
- * crash) never sees a partial object under the final name.
+ * crash) never sees a partial object under the final name. A writer killed before the rename
+ * leaves its temporary file: `pgark expire` removes those last written over a day ago
+ * (staleTempFiles, removeTempFiles), as it aborts stale S3 multipart uploads.
  */
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join, relative, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { PgarkError } from '../errors.ts';
 import type { ByteRange, ObjectInfo, PutOptions, Storage } from './types.ts';
@@ -145,6 +147,35 @@ export class FileStorage implements Storage {
       } catch (error) {
         if (errnoOf(error) !== 'ENOENT') throw this.wrap(error, 'delete', key);
       }
+    }
+  }
+
+  async staleTempFiles(olderThan: Date): Promise<ObjectInfo[]> {
+    let entries;
+    try {
+      entries = await readdir(this.root, { recursive: true, withFileTypes: true });
+    } catch (error) {
+      throw this.wrap(error, 'list', '/');
+    }
+    const stale: ObjectInfo[] = [];
+    for (const entry of entries) {
+      if (!entry.isFile() || !entry.name.startsWith(TEMP_MARKER)) continue;
+      const path = join(entry.parentPath, entry.name);
+      const info = await stat(path).catch(() => undefined); // renamed or removed meanwhile
+      if (info && info.mtime < olderThan) stale.push({ key: relative(this.root, path).split(sep).join('/'), size: info.size, lastModified: info.mtime });
+    }
+    return stale.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  }
+
+  async removeTempFiles(keys: readonly string[]): Promise<void> {
+    for (const key of keys) {
+      // Only temporary files, and only inside the repository.
+      if (!basename(key).startsWith(TEMP_MARKER) || key.startsWith('/') || key.split('/').some((p) => p === '..' || p === '.' || p === '')) {
+        throw new PgarkError('INTERNAL', `not a temporary file: "${key}"`);
+      }
+      await unlink(join(this.root, key)).catch((error: unknown) => {
+        if (errnoOf(error) !== 'ENOENT') throw this.wrap(error, 'delete', key);
+      });
     }
   }
 

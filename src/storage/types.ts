@@ -51,6 +51,14 @@ export interface Storage {
    * CreateMultipartUpload answer orphans one). Undefined: the backend has nothing to abort.
    */
   abortStaleUploads?(olderThan: Date): Promise<number>;
+  /**
+   * Temporary files a killed writer left behind (file storage: `.pgark-tmp-*`), last written
+   * before `olderThan`; their keys are paths relative to the repository, for reports only.
+   * Undefined: the backend leaves no such files.
+   */
+  staleTempFiles?(olderThan: Date): Promise<ObjectInfo[]>;
+  /** Removes temporary files staleTempFiles() returned (absent ones are not an error). */
+  removeTempFiles?(keys: readonly string[]): Promise<void>;
 }
 
 export interface RetryPolicy {

@@ -1,14 +1,20 @@
 // Cost controls on RGW: `pgark lifecycle` prints rules that never expire objects by age,
 // `--apply` puts them on the bucket next to other rules (kept) and is idempotent; a non-S3
 // repository gets one clear line. `pgark expire` aborts multipart uploads open for over a day
-// (the day measured against PGARK_TEST_NOW) and leaves younger ones alone.
+// (the day measured against PGARK_TEST_NOW) and leaves younger ones alone; on a file repository
+// it removes the temporary files of SIGKILLed writers last written over a day ago (listed by a dry
+// run), and leaves younger ones alone.
 import assert from 'node:assert/strict';
+import { existsSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { CreateMultipartUploadCommand, GetBucketLifecycleConfigurationCommand, PutBucketLifecycleConfigurationCommand, type LifecycleRule } from '@aws-sdk/client-s3';
 import { createPrimary, oneErrorLine, takeBackup } from '../support/backup.ts';
 import { runExpire } from '../support/expire.ts';
 import { listOpenMultipartUploads } from '../support/objstores.ts';
-import { createWalRepo, parseJsonOutput } from '../support/wal.ts';
+import { NODE_BIN } from '../support/cli.ts';
+import { spawnAsTestUser } from '../support/postgres.ts';
+import { chownTestUser, createWalRepo, parseJsonOutput, PGARK, pgarkEnv, waitFor } from '../support/wal.ts';
 
 test('pgark lifecycle prints and applies rules that never delete what a backup needs (RGW)', { timeout: 300_000 }, async (t) => {
   const repo = await createWalRepo({ kind: 's3', name: 'exlife', prefix: 'db1', settings: { 'lifecycle-noncurrent-days': 3 } });
@@ -67,4 +73,42 @@ test('expire aborts multipart uploads open for over a day, and only those (RGW)'
   const later = await runExpire(repo, ['--retain', '1'], { PGARK_TEST_NOW: new Date(Date.now() + 25 * 3600_000).toISOString() });
   assert.equal(later.report.abortedUploads, 1);
   assert.equal(await open(), 0);
+});
+
+test('expire removes temporary files of killed writers last written over a day ago, and only those (file)', { timeout: 300_000 }, async (t) => {
+  const { repo } = await createPrimary(t, { kind: 'file', name: 'extmp' });
+  await takeBackup(repo);
+  const temps = () => readdirSync(repo.repoDir!, { recursive: true, encoding: 'utf8' }).filter((p) => p.split('/').at(-1)!.startsWith('.pgark-tmp-')).sort();
+  assert.deepEqual(temps(), []);
+
+  // A real writer, SIGKILLed while it writes: `pgark put` of a stream that never ends.
+  const writer = spawnAsTestUser(NODE_BIN, [PGARK, 'put', 'dump1', '--config', repo.configPath], { env: pgarkEnv({ HOME: repo.dir }), cwd: repo.dir, stdio: ['pipe', 'ignore', 'ignore'] });
+  const exited = new Promise<void>((resolve) => writer.on('close', () => resolve()));
+  writer.stdin!.write(Buffer.alloc(4 << 20, 7));
+  const [killed = ''] = await waitFor('the writer\'s temporary file', () => (temps().length > 0 ? temps() : undefined), 60_000);
+  writer.kill('SIGKILL');
+  await exited;
+  assert.deepEqual(temps(), [killed], 'the killed writer left its temporary file');
+  // One written an hour before the simulated "now" below: too young to go.
+  const young = join('packs', '.pgark-tmp-00000000000000aa');
+  writeFileSync(join(repo.repoDir!, young), 'partial');
+  chownTestUser(join(repo.repoDir!, young));
+  const later = new Date(Date.now() + 25 * 3600_000);
+  utimesSync(join(repo.repoDir!, young), new Date(later.getTime() - 3600_000), new Date(later.getTime() - 3600_000));
+
+  const today = await runExpire(repo, ['--retain', '1']);
+  assert.equal(today.report.tempFiles.count, 0, 'a temporary file written now is left alone');
+  assert.equal(temps().length, 2);
+  const env = { PGARK_TEST_NOW: later.toISOString() };
+  const dry = await runExpire(repo, ['--dry-run', '--retain', '1'], env);
+  assert.deepEqual(dry.report.tempFiles.keys, [killed], 'the dry run lists the killed writer\'s file, not the young one');
+  assert.ok(dry.report.tempFiles.bytes > 0);
+  const text = await repo.pgark(['expire', '--dry-run', '--retain', '1'], { env });
+  assert.match(text.stdout, /temporary files of killed writers \(last written over a day ago\): would remove 1 /);
+  assert.ok(text.stdout.includes(`  ${killed}\n`), text.stdout);
+  assert.equal(temps().length, 2, 'a dry run removes nothing');
+  const done = await runExpire(repo, ['--retain', '1'], env);
+  assert.deepEqual(done.report.tempFiles.keys, [killed]);
+  assert.deepEqual(temps(), [young]);
+  assert.ok(!existsSync(join(repo.repoDir!, killed)));
 });

@@ -23,6 +23,7 @@ export interface ExpireJson {
   remaining: { packs: { count: number; bytes: number }; wal: { count: number; bytes: number } };
   repack: { packs: number; bytes: number; liveBytes: number; savedBytes: number; backups: number; newPacks: number };
   abortedUploads: number;
+  tempFiles: { count: number; bytes: number; keys: string[] };
   durationMs: number;
   requests: number | null;
 }
