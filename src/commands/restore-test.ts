@@ -5,7 +5,9 @@
  * or the end of the archive) and the server is promoted, then checks: connect, count the rows
  * of every table of every database, amcheck's bt_index_check on every B-tree index when the
  * extension is available, and an optional SQL file. Reports the time spent downloading and
- * replaying; stops the server and removes the scratch directory whatever happens.
+ * replaying; stops the server and removes the scratch directory whatever happens. Should pgark
+ * itself be killed (SIGKILL), the next restore-test with the same restore-test-path stops the
+ * server left running and removes its directory (abandoned-scratch.ts).
  *
  * The restored server fetches WAL with `cp` from the scratch directory rather than with
  * `pgark wal-fetch`: as root, the server's user must not need pgark's configuration and keys.
@@ -17,6 +19,7 @@ import type { Client } from 'pg';
 import type { CommandContext } from '../cli/context.ts';
 import { PgarkError } from '../errors.ts';
 import { parseWalFileName, segmentNumber } from '../postgres/wal.ts';
+import { chownMarkerBack, cleanAbandonedScratch, SCRATCH_PREFIX, writeScratchMarker } from '../postgres/abandoned-scratch.ts';
 import { chownTree, findServerBinaries, freePort, ScratchServer, serverOsUser } from '../postgres/scratch-server.ts';
 import { listBackups, type BackupSummary } from '../repo/backup-manifest.ts';
 import { acquireReaderLease, type RepositoryLock } from '../repo/lock.ts';
@@ -48,6 +51,8 @@ interface Report {
     sql: { file: string; ok: boolean } | null;
   };
   error: string | null;
+  /** Scratch directories of earlier runs that died (SIGKILL), whose servers were stopped and which were removed. */
+  cleanedUp: string[];
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -70,6 +75,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     wal: { files: 0, bytes: 0 },
     checks: { connected: false, databases: 0, tables: 0, rows: 0, amcheck: { available: false, indexes: 0 }, sql: sqlFile ? { file: sqlFile, ok: false } : null },
     error: null,
+    cleanedUp: [],
   };
 
   // One shared lease from choosing the backup to the last WAL file downloaded (the restore
@@ -102,7 +108,9 @@ export async function run(ctx: CommandContext): Promise<number> {
     report.binDir = binDir;
     const parent = resolve(loaded.config['restore-test-path'] ?? tmpdir());
     await mkdir(parent, { recursive: true });
-    scratch = await mkdtemp(join(parent, 'pgark-restore-test-'));
+    report.cleanedUp = await cleanAbandonedScratch(parent);
+    scratch = await mkdtemp(join(parent, SCRATCH_PREFIX));
+    await writeScratchMarker(scratch);
   } catch (error) {
     await releaseLease();
     throw error;
@@ -141,7 +149,10 @@ export async function run(ctx: CommandContext): Promise<number> {
     report.timings.walMs = Date.now() - t0;
     report.timings.downloadMs = report.timings.restoreMs + report.timings.walMs;
     await releaseLease(); // everything needed is local now; replay and checks may take long
-    if (user) await chownTree(scratch, user);
+    if (user) {
+      await chownTree(scratch, user);
+      await chownMarkerBack(scratch);
+    }
 
     // ---- replay: start, wait for consistency and the end of recovery ----
     const port = await freePort();

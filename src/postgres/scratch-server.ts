@@ -13,6 +13,7 @@ import { delimiter, join } from 'node:path';
 import { promisify } from 'node:util';
 import type { Client } from 'pg';
 import { PgarkError } from '../errors.ts';
+import { SCRATCH_CLUSTER_NAME } from './abandoned-scratch.ts';
 
 const run = promisify(execFile);
 
@@ -134,7 +135,7 @@ export class ScratchServer {
       log_destination: 'stderr',
       hot_standby: 'on',
       fsync: 'off', // a scratch copy: its durability does not matter, replay speed does
-      cluster_name: 'pgark-restore-test',
+      cluster_name: SCRATCH_CLUSTER_NAME, // abandoned-scratch.ts recognises its servers by it
     };
     return Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`]);
   }

@@ -164,3 +164,49 @@ test('restore-test: passes on a healthy repository, fails on a broken one, leave
   }
 });
 
+
+test('restore-test: a SIGKILLed run\'s scratch server and directory are cleaned up by the next run; servers it did not start are left alone', { timeout: 600_000 }, async (t) => {
+  const { repo, primary: p } = await createPrimary(t, { name: 'rtkill' });
+  const parent = scratchDir('rtkill-parent');
+  t.after(() => {
+    // Should the test fail, no scratch server of it may outlive it.
+    for (const pid of findProcesses(parent, 'postgres')) { try { process.kill(pid, 'SIGQUIT'); } catch { /* gone */ } }
+    fs.rmSync(parent, { recursive: true, force: true });
+  });
+  repo.updateSettings({ 'pg-bin-dir': pgInstall(DEFAULT_MAJOR).binDir, 'restore-test-path': parent, 'restore-test-user': 'pgark-test' });
+  await p.sql('CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 10000) g');
+  await takeBackup(repo);
+  await switchAndArchive(p);
+
+  // ---- a run killed while its server runs the checks (a SQL file that sleeps) ----
+  const sleepSql = path.join(repo.dir, 'sleep.sql');
+  fs.writeFileSync(sleepSql, 'SELECT pg_sleep(600);\n');
+  const child = spawn(NODE_BIN, [PGARK, 'restore-test', '--config', repo.configPath, '--sql', sleepSql], { env: pgarkEnv({ HOME: repo.dir }), stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  await waitFor('the scratch server to be promoted', () => stderr.includes('recovery finished') || child.exitCode !== null, 180_000);
+  assert.equal(child.exitCode, null, `restore-test ended before it was killed:\n${stderr.slice(-3000)}`);
+  child.kill('SIGKILL');
+  await exited;
+  const [abandoned] = fs.readdirSync(parent).map((name) => path.join(parent, name));
+  assert.ok(abandoned, 'the killed run left its scratch directory');
+  const servers = findProcesses('pgark-restore-test-', 'postgres');
+  assert.ok(servers.length > 0, 'the killed run left its server running');
+
+  // ---- decoys: a look-alike directory without a marker, pointing at a server we did not start ----
+  const decoy = path.join(parent, 'pgark-restore-test-decoy');
+  fs.mkdirSync(path.join(decoy, 'data'), { recursive: true });
+  const primaryPid = fs.readFileSync(path.join(p.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]!;
+  fs.writeFileSync(path.join(decoy, 'data', 'postmaster.pid'), `${primaryPid}\n${path.join(decoy, 'data')}\n`);
+
+  // ---- the next run cleans up ----
+  const r = await pgarkAsRoot(['restore-test', '--config', repo.configPath, '--json'], { env: pgarkEnv({ HOME: repo.dir }), timeoutMs: 300_000 });
+  const report = parseJsonOutput<Report & { cleanedUp: string[] }>({ ...r, stdout: r.stdout.toString() }, 'restore-test');
+  assert.equal(r.code, 0, `${report.error}\n${r.stderr.slice(-3000)}`);
+  assert.deepEqual(report.cleanedUp, [abandoned]);
+  assert.match(r.stderr, /stopping the scratch PostgreSQL \(pid \d+\) of a restore-test that died/);
+  assert.deepEqual(findProcesses('pgark-restore-test-', 'postgres'), [], 'the abandoned server was stopped');
+  assert.deepEqual(fs.readdirSync(parent), ['pgark-restore-test-decoy'], 'the abandoned directory is gone, the decoy stays');
+  assert.equal(await p.sql('SELECT count(*) FROM t'), '10000', 'the server the decoy points at still runs');
+});
