@@ -9,14 +9,11 @@
 import { closeSync, constants, futimesSync, ftruncateSync, openSync, read, write, writeSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { PgarkError } from '../errors.ts';
-import { codecOfKey } from '../pipeline/codec.ts';
-import { decryptBuffer, isEncryptedKey } from '../pipeline/object-format.ts';
-import { ZstdFrameSequence } from '../pipeline/zstd-frames.ts';
 import { freeNow } from '../util/memory.ts';
 import type { Semaphore } from '../util/concurrency.ts';
 import { isAlignedForDirectIo, type DirectWriter } from '../util/direct-io.ts';
 import type { Extent, ManifestEntry } from './backup-manifest.ts';
-import { decodeBlob } from './blob-check.ts';
+import { rangeDecoder } from './blob-check.ts';
 import { isValidPackId, packKey } from './layout.ts';
 import type { Repository } from './repository.ts';
 
@@ -193,31 +190,6 @@ export async function restoreFiles(repo: Repository, files: readonly FileToResto
     for (const fd of [...fds, ...directFds]) if (fd !== undefined) closeSync(fd);
   }
   return { written };
-}
-
-interface RangeDecoder {
-  decode(stored: Buffer, where: BlobRef): Promise<Buffer>;
-  finish(): Promise<void>;
-  close(): void;
-}
-
-/** Decodes the blobs of one range in order: zstd blobs through one decompression context. */
-function rangeDecoder(key: string, identities: readonly string[]): RangeDecoder {
-  if (codecOfKey(key) !== 'zstd') return { decode: (stored, where) => decodeBlob(stored, key, where, identities), finish: async () => {}, close: () => {} };
-  const frames = new ZstdFrameSequence();
-  const encrypted = isEncryptedKey(key);
-  return {
-    decode: async (stored, where) => {
-      try {
-        return await frames.decode(encrypted ? await decryptBuffer(stored, identities) : stored);
-      } catch (error) {
-        if (error instanceof PgarkError) throw error;
-        throw new PgarkError('INTEGRITY', `a blob in pack ${where.packId} (offset ${where.offset}) is damaged: ${(error as Error).message}`, { cause: error });
-      }
-    },
-    finish: () => frames.finish(),
-    close: () => frames.close(),
-  };
 }
 
 /**

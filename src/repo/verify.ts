@@ -13,9 +13,10 @@ import { decodeStages, isEncryptedKey } from '../pipeline/object-format.ts';
 import { runPipeline } from '../pipeline/run.ts';
 import { parseWalFileName, segmentName, segmentNumber } from '../postgres/wal.ts';
 import { mapSettled } from '../util/concurrency.ts';
+import { freeNow } from '../util/memory.ts';
 import { BACKUPS_PREFIX, isValidPackId, PACKS_PREFIX, packKey, parseWalObjectKey } from './layout.ts';
 import { latestSummaryKeys, readBackupSummary, readManifest, type BackupSummary } from './backup-manifest.ts';
-import { decodeBlob } from './blob-check.ts';
+import { rangeDecoder } from './blob-check.ts';
 import { recoverability } from './recoverability.ts';
 import type { Repository } from './repository.ts';
 import { fetchRange, planRanges, type BlobRef } from './restore-files.ts';
@@ -186,15 +187,31 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions)
         const data = await fetchRange(repo, range);
         read.packs.bytes += data.length;
         options.onBytes?.(data.length);
-        for (const blob of range.blobs) {
-          try {
-            const content = await decodeBlob(data.subarray(blob.offset - range.start, blob.offset - range.start + blob.length), key, blob, identities);
-            const needed = (blob as BlobRef & { needed: number }).needed;
-            if (content.length < needed) throw new PgarkError('INTEGRITY', `a blob in pack ${packId} (offset ${blob.offset}) is damaged: ${content.length} bytes decoded, its extents need ${needed}`);
-          } catch (error) {
-            damaged++;
-            first ??= (error as Error).message;
+        // As a restore decodes: the blobs of one range through one decoder (blob-check.ts).
+        let decoder = rangeDecoder(key, identities);
+        try {
+          for (const blob of range.blobs) {
+            try {
+              const content = await decoder.decode(data.subarray(blob.offset - range.start, blob.offset - range.start + blob.length), blob);
+              const needed = (blob as BlobRef & { needed: number }).needed;
+              const decoded = content.length;
+              freeNow(content); // only its length matters: free it now, not at the next GC (memory.ts)
+              if (decoded < needed) throw new PgarkError('INTEGRITY', `a blob in pack ${packId} (offset ${blob.offset}) is damaged: ${decoded} bytes decoded, its extents need ${needed}`);
+            } catch (error) {
+              damaged++;
+              first ??= (error as Error).message;
+              // A failed frame leaves the context unusable: the next blobs get a fresh one.
+              decoder.close();
+              decoder = rangeDecoder(key, identities);
+            }
           }
+          await decoder.finish().catch((error: unknown) => {
+            damaged++;
+            first ??= `the last blob read from pack ${packId} is damaged: ${(error as Error).message}`;
+          });
+        } finally {
+          decoder.close();
+          freeNow(data);
         }
       }
       read.packs.objects++;
