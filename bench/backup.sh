@@ -131,6 +131,7 @@ archive_command = '/bin/true'     # set per tool with ALTER SYSTEM
 max_wal_senders = 10
 max_wal_size = 1GB
 log_line_prefix = '%m [%p] '
+max_locks_per_transaction = 2048   # manyrel's check counts the rows of 100,000 tables in one query
 EOF
 }
 ensure_dataset() {  # ensure_dataset NAME: the cluster exists with the data set's parameters, and runs

@@ -4,6 +4,7 @@
  * on demand.
  */
 import module from 'node:module';
+import { applyMemoryLimits } from './memory-limits.ts';
 
 declare const PGARK_VERSION: string | undefined;
 const version = typeof PGARK_VERSION === 'string' ? PGARK_VERSION : 'dev';
@@ -12,6 +13,8 @@ const argv = process.argv.slice(2);
 if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V' || argv[0] === 'version')) {
   process.stdout.write(`pgark ${version}\n`);
 } else {
+  // backup, restore and the like: once more with memory settings only a new process can have.
+  applyMemoryLimits(argv[0]);
   // V8's code cache on disk (Node >= 22.1) makes loading the lazily imported chunks — the
   // AWS SDK above all — several times faster from the second run on.
   module.enableCompileCache?.();
