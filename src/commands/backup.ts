@@ -130,7 +130,6 @@ export async function run(ctx: CommandContext): Promise<number> {
     const checkpoints = new CheckpointWriter(repo, id, format, packs, config['backup-checkpoint-interval']);
     const cursor = base ? new BaseManifestCursor(readManifest(repo, base) as AsyncIterable<{ t: string; p?: string }>) : undefined;
     const resumeCursor = resumable ? new BaseManifestCursor(readCheckpointEntries(repo, resumable)) : undefined;
-    const largeFiles = new Semaphore(1);
     // Files in flight each hold up to two buffers (one being read, one blob being filled), encoders one each.
     const maxInFlight = Math.max(2, config['process-max'] * 2);
     const fileContext = {
@@ -169,10 +168,11 @@ export async function run(ctx: CommandContext): Promise<number> {
         pending = Promise.resolve({ t: 'l', p: item.path, target: item.target });
       } else {
         const file = item as Extract<DataEntry, { type: 'file' }>;
-        // Large files one at a time (their blobs are still encoded in parallel): the extent list of
-        // a fragmented 1 GiB segment runs to 100,000s of entries, tens of MiB as objects, and
-        // those of the base and of this backup are what memory would otherwise grow with.
-        const releaseLarge = file.size >= LARGE_FILE_BYTES ? await largeFiles.acquire() : undefined;
+        // Large files one at a time (their blobs are still encoded in parallel), each once the
+        // entries before it are written: the extent list of a fragmented 1 GiB segment runs to
+        // 100,000s of entries, tens of MiB as objects, and those of the base and of this backup
+        // are what memory would otherwise grow with.
+        if (file.size >= LARGE_FILE_BYTES) while (window.length > 0) await drainOne();
         const resumedEntry = resumeCursor ? await resumeCursor.seek(file.path) : undefined;
         const baseEntry = resumedEntry ?? (cursor ? await cursor.seek(file.path) : undefined);
         pending = backupFile(file, baseEntry, resumedEntry ? resumeContext! : fileContext).then((result: FileBackupResult) => {
@@ -190,7 +190,7 @@ export async function run(ctx: CommandContext): Promise<number> {
           // A file removed while we walk (a dropped table) is not needed: WAL replay drops it.
           if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
           throw error;
-        }).finally(() => releaseLarge?.());
+        });
       }
       pending.catch(() => {}); // awaited in order below
       window.push(pending);

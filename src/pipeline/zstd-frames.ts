@@ -6,6 +6,7 @@
  * Idle contexts are kept in a small pool per level; each is used by one caller at a time.
  */
 import { constants, createZstdCompress, createZstdDecompress, type ZstdCompress, type ZstdDecompress } from 'node:zlib';
+import { freeNow } from '../util/memory.ts';
 
 const ZSTD_MAGIC = 0xfd2fb528;
 
@@ -37,6 +38,8 @@ export function zstdFrameLength(data: Buffer, offset = 0): number | undefined {
   return position <= data.length ? position - offset : undefined;
 }
 
+const OUTPUT_CHUNK = 1 << 20;
+
 class FrameCompressor {
   private readonly stream: ZstdCompress;
   private output: Buffer[] = [];
@@ -44,7 +47,7 @@ class FrameCompressor {
 
   constructor(level: number) {
     this.stream = createZstdCompress({
-      chunkSize: 1 << 20,
+      chunkSize: OUTPUT_CHUNK,
       params: { [constants.ZSTD_c_compressionLevel]: level, [constants.ZSTD_c_checksumFlag]: 1 },
     });
     this.stream.on('data', (chunk: Buffer) => this.output.push(chunk));
@@ -61,12 +64,26 @@ class FrameCompressor {
       this.stream.write(content);
       this.stream.flush(constants.ZSTD_e_end, () => {
         if (this.failure) return reject(this.failure);
-        const output = this.output.length === 1 ? this.output[0]! : Buffer.concat(this.output);
+        const chunks = this.output;
         this.output = [];
+        const output = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
         // When zlib's output buffer fills up exactly at the end of the frame, it calls zstd with
         // ZSTD_e_end once more, which starts and ends a second, empty frame: drop it.
-        const length = zstdFrameLength(output);
-        resolve(length !== undefined && length < output.length ? output.subarray(0, length) : output);
+        const length = zstdFrameLength(output) ?? output.length;
+        // A copy of its own (the caller may free it when done), and zlib's output buffers that
+        // this frame finished are freed now rather than at a distant full garbage collection:
+        // their slices were all copied out, and zlib writes on in a new one.
+        const frame = Buffer.allocUnsafeSlow(length);
+        output.copy(frame, 0, 0, length);
+        if (chunks.length > 1) freeNow(output);
+        const current = (this.stream as unknown as { _outBuffer?: Buffer })._outBuffer?.buffer;
+        if (current !== undefined) {
+          for (const retired of new Set(chunks.map((chunk) => chunk.buffer))) {
+            // (never a small shared allocation pool)
+            if (retired !== current && retired.byteLength >= OUTPUT_CHUNK) freeNow(Buffer.from(retired));
+          }
+        }
+        resolve(frame);
       });
     });
   }

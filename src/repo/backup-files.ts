@@ -13,6 +13,7 @@ import { open } from 'node:fs/promises';
 import { encodeBuffer, type WriteFormat } from '../pipeline/object-format.ts';
 import { isNewPage, pageChecksum, pageLsn, RELSEG_BLOCKS, storedChecksum } from '../postgres/page.ts';
 import { badChecksumPages } from '../postgres/page-checksums.ts';
+import { freeNow } from '../util/memory.ts';
 import type { Extent, ManifestEntry } from './backup-manifest.ts';
 import { blobChecksum, needsBlobChecksum } from './blob-check.ts';
 import type { PackWriter } from './packs.ts';
@@ -170,10 +171,14 @@ class BlobBuilder {
     const job = (async () => {
       try {
         const encoded = await encodeBuffer(content, this.ctx.format);
-        // Without compression the blob may be the buffer itself: then the pack keeps it.
-        if (encoded.buffer !== buffer.buffer) this.ctx.buffers.give(buffer);
+        // Without compression the blob may be the buffer itself: then it goes back once the pack has copied it.
+        const aliased = encoded.buffer === buffer.buffer;
+        if (!aliased) this.ctx.buffers.give(buffer);
         const { packId, offset, length } = await this.ctx.packs.add(encoded);
         const checksum: [string?] = needsBlobChecksum(this.ctx.format) ? [blobChecksum(encoded)] : [];
+        // The pack has a copy: free the blob now, not at some later full garbage collection.
+        if (aliased) this.ctx.buffers.give(buffer);
+        else freeNow(encoded);
         // One extent per run of consecutive block numbers inside the blob.
         let runStart = 0;
         for (let i = 1; i <= numbers.length; i++) {
@@ -313,9 +318,10 @@ export async function backupFile(
   }
 
   const extents = referenced.concat(builder.extents).sort((a, b) => a[0] - b[0]);
-  // Referenced slices of blocks the file no longer has (it shrank) must not survive.
+  // Referenced slices of blocks the file no longer has (it shrank) must not survive. (Copied
+  // only then: the list of a fragmented segment runs to 100,000s of extents.)
   const blockCount = Math.ceil(size / blockSize);
-  const clipped = sliceExtents(extents, 0, blockCount);
+  const clipped = extents.every(([first, count]) => first + count <= blockCount) ? extents : sliceExtents(extents, 0, blockCount);
   return {
     entry: { ...entry, s: size, ...(hash ? { h: hash.digest('hex') } : {}), x: clipped },
     bytesRead: size,

@@ -5,7 +5,6 @@
  * is stored — only then may a manifest reference them.
  */
 import { randomBytes } from 'node:crypto';
-import { Readable } from 'node:stream';
 import { packKey } from './layout.ts';
 import type { Repository } from './repository.ts';
 
@@ -22,26 +21,14 @@ export interface BlobLocation {
 }
 
 /**
- * Blobs below this size are copied into shared segments of SEGMENT_SIZE: a pack of 8 KiB files
- * holds 100,000s of blobs of ~60 bytes, and a Buffer object for each cost more heap than the
- * bytes themselves.
+ * A pack is assembled in one buffer of the target size and uploaded from it: no list of blob
+ * buffers (a blob is often a slice of a larger buffer, which it would keep alive), no second
+ * copy of the pack when an object store wants it in one piece. Buffers are reused.
  */
-const COPY_BELOW = 64 * 1024;
-const SEGMENT_SIZE = 1024 * 1024;
-
 interface OpenPack {
   id: string;
-  chunks: Buffer[];
+  buffer: Buffer;
   size: number;
-  /** The segment small blobs are being copied into, and how much of it is used. */
-  segment?: Buffer;
-  segmentUsed: number;
-}
-
-function closeSegment(pack: OpenPack): void {
-  if (pack.segment && pack.segmentUsed > 0) pack.chunks.push(pack.segment.subarray(0, pack.segmentUsed));
-  pack.segment = undefined;
-  pack.segmentUsed = 0;
 }
 
 export class PackWriter {
@@ -51,6 +38,8 @@ export class PackWriter {
   private readonly maxUploads: number;
   private readonly signal: AbortSignal | undefined;
   private current: OpenPack | undefined;
+  /** Buffers of uploaded packs, for the next ones (at most one per upload slot, plus one). */
+  private readonly idleBuffers: Buffer[] = [];
   private readonly uploads = new Set<Promise<void>>();
   /** Packs sealed and not yet stored: waiting for an upload slot or uploading. */
   private readonly sealed = new Set<Promise<void>>();
@@ -67,35 +56,31 @@ export class PackWriter {
     this.signal = options.signal;
   }
 
-  /** Appends an encoded blob; waits when too many packs are uploading (bounded memory). */
+  /** Appends (copies) an encoded blob; waits when too many packs are uploading (bounded memory). */
   async add(blob: Buffer): Promise<BlobLocation> {
     this.throwIfFailed();
     // A pack stays within the target size (a blob larger than it gets a pack of its own).
     if (this.current && this.current.size > 0 && this.current.size + blob.length > this.targetSize) await this.seal();
-    if (!this.current) this.current = { id: randomBytes(12).toString('hex') + this.suffix, chunks: [], size: 0, segmentUsed: 0 };
+    if (!this.current) {
+      const buffer = blob.length > this.targetSize ? Buffer.allocUnsafeSlow(blob.length) : (this.idleBuffers.pop() ?? Buffer.allocUnsafeSlow(this.targetSize));
+      this.current = { id: randomBytes(12).toString('hex') + this.suffix, buffer, size: 0 };
+    }
     const pack = this.current;
     const location = { packId: pack.id, offset: pack.size, length: blob.length };
-    if (blob.length >= COPY_BELOW) {
-      closeSegment(pack);
-      pack.chunks.push(blob);
-    } else {
-      if (!pack.segment || pack.segmentUsed + blob.length > pack.segment.length) {
-        closeSegment(pack);
-        pack.segment = Buffer.allocUnsafeSlow(SEGMENT_SIZE);
-      }
-      blob.copy(pack.segment, pack.segmentUsed);
-      pack.segmentUsed += blob.length;
-    }
+    blob.copy(pack.buffer, pack.size);
     pack.size += blob.length;
-    if (this.current.size >= this.targetSize) await this.seal();
+    if (pack.size >= this.targetSize) await this.seal();
     return location;
   }
 
   private async seal(): Promise<void> {
     const pack = this.current;
     this.current = undefined;
-    if (!pack || pack.size === 0) return;
-    closeSegment(pack);
+    if (!pack) return;
+    if (pack.size === 0) {
+      this.idleBuffers.push(pack.buffer);
+      return;
+    }
     // Registered before waiting for an upload slot, so that flush() sees this pack too.
     const sealed = this.upload(pack);
     this.sealed.add(sealed);
@@ -117,9 +102,12 @@ export class PackWriter {
         }
         this.packs.push(pack.id);
         const upload = this.repo.storage
-          // As a stream of the blobs: no second copy of the whole pack in memory.
-          .put(packKey(pack.id), Readable.from(pack.chunks), { kind: 'data', signal: this.signal })
-          .then(() => { this.storedBytes += pack.size; })
+          .put(packKey(pack.id), pack.buffer.subarray(0, pack.size), { kind: 'data', signal: this.signal })
+          .then(() => {
+            this.storedBytes += pack.size;
+            // Filling one and uploading maxUploads need no more buffers than that.
+            if (pack.buffer.length === this.targetSize && this.idleBuffers.length + this.uploads.size <= this.maxUploads) this.idleBuffers.push(pack.buffer);
+          })
           .finally(() => this.uploads.delete(upload));
         upload.catch(() => {}); // awaited below; a slot waiter above only needs it to settle
         this.uploads.add(upload);

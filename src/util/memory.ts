@@ -11,5 +11,9 @@
 export function freeNow(buffer: Buffer): void {
   if (buffer.length === 0 || buffer.byteOffset !== 0 || buffer.length !== buffer.buffer.byteLength || buffer.buffer instanceof SharedArrayBuffer) return;
   // (ES2024; Node has it since 21: typed here because the project's lib setting predates it.)
-  (buffer.buffer as ArrayBuffer & { transfer(length: number): ArrayBuffer }).transfer(0);
+  try {
+    (buffer.buffer as ArrayBuffer & { transfer(length: number): ArrayBuffer }).transfer(0);
+  } catch {
+    // Not detachable (memory a native addon owns): the GC frees it.
+  }
 }
