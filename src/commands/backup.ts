@@ -44,6 +44,18 @@ class BaseManifestCursor {
     this.iterator = entries[Symbol.asyncIterator]();
   }
 
+  /** One string per pack id: JSON.parse gives each extent its own copy (100,000s in a fragmented segment). */
+  private readonly packIds = new Map<string, string>();
+
+  private shared(entry: FileEntry): FileEntry {
+    for (const extent of entry.x) {
+      const id = this.packIds.get(extent[2]);
+      if (id === undefined) this.packIds.set(extent[2], extent[2]);
+      else extent[2] = id;
+    }
+    return entry;
+  }
+
   async seek(path: string): Promise<FileEntry | undefined> {
     for (;;) {
       if (this.current) {
@@ -58,7 +70,7 @@ class BaseManifestCursor {
         this.current = undefined;
         return undefined;
       }
-      if (next.value.t === 'f') this.current = next.value as FileEntry;
+      if (next.value.t === 'f') this.current = this.shared(next.value as FileEntry);
     }
   }
 }
@@ -155,8 +167,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     const drainOne = async () => {
       const entry = await window.shift()!;
       if (!entry) return;
-      await manifest!.write(entry);
-      checkpoints.add(entry);
+      checkpoints.add(entry, await manifest!.write(entry));
       await checkpoints.maybeCheckpoint();
     };
     for await (const item of walkDataDirectory(pgdata)) {

@@ -14,7 +14,6 @@
  * back to back in pack objects; an incremental backup's unchanged blocks are extents pointing
  * into older packs.
  */
-import { createInterface } from 'node:readline';
 import { PassThrough, Readable } from 'node:stream';
 import { z } from 'zod';
 import { PgarkError } from '../errors.ts';
@@ -151,11 +150,13 @@ export class ManifestWriter {
     });
   }
 
-  /** Writes one line, waiting when the upload falls behind (backpressure). */
-  async write(line: ManifestEntry | ManifestEnd): Promise<void> {
-    if (!this.input.write(JSON.stringify(line) + '\n')) {
+  /** Writes one line, waiting when the upload falls behind (backpressure); returns the line. */
+  async write(entry: ManifestEntry | ManifestEnd): Promise<string> {
+    const line = JSON.stringify(entry) + '\n';
+    if (!this.input.write(line)) {
       await new Promise<void>((resolve) => this.input.once('drain', resolve));
     }
+    return line;
   }
 
   async finish(): Promise<number> {
@@ -175,6 +176,26 @@ export function readManifest(repo: Repository, summary: BackupSummary): AsyncGen
 }
 
 /**
+ * The lines of a stream, read as they are consumed. (readline reads ahead up to 1,024 lines: a
+ * whole manifest of a few hundred files, fragmented segments' lines of MiB each among them,
+ * held in memory while a backup walks its base.)
+ */
+async function* linesOf(input: AsyncIterable<Buffer>): AsyncGenerator<string> {
+  let pending: Buffer[] = [];
+  for await (const chunk of input) {
+    let start = 0;
+    for (let end = chunk.indexOf(10); end !== -1; end = chunk.indexOf(10, start)) {
+      pending.push(chunk.subarray(start, end));
+      yield Buffer.concat(pending).toString('utf8').replace(/\r$/, '');
+      pending = [];
+      start = end + 1;
+    }
+    if (start < chunk.length) pending.push(chunk.subarray(start));
+  }
+  if (pending.length > 0) yield Buffer.concat(pending).toString('utf8').replace(/\r$/, '');
+}
+
+/**
  * Reads any manifest-format object line by line: a backup's manifest, or a checkpoint
  * (partial-NNNN.jsonl) of a backup in progress, which has no end line (requireEnd false).
  */
@@ -185,7 +206,7 @@ export async function* readManifestObject(repo: Repository, key: string, what: s
   const body = await repo.storage.get(key);
   const piping = runPipeline([body, ...stages, decoded]).catch((error: unknown) => decoded.destroy(error as Error));
   let sawEnd = false;
-  for await (const line of createInterface({ input: decoded, crlfDelay: Infinity })) {
+  for await (const line of linesOf(decoded)) {
     if (line === '') continue;
     let entry: ManifestEntry | ManifestEnd;
     try {

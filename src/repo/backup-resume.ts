@@ -144,9 +144,9 @@ export class CheckpointWriter {
     this.intervalMs = intervalMs;
   }
 
-  add(entry: ManifestEntry): void {
+  /** `line`: the entry's manifest line, as ManifestWriter wrote it (a fragmented file's runs to MiB). */
+  add(entry: ManifestEntry, line: string): void {
     if (this.intervalMs <= 0 || entry.t !== 'f') return;
-    const line = JSON.stringify(entry) + '\n';
     this.lines.push(line);
     this.bytes += line.length;
   }
