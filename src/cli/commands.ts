@@ -80,7 +80,8 @@ export const COMMANDS: readonly CommandSpec[] = [
       'Keeps the newest N backups (retain), the newest N full backups and all after them (retain-full), and\n' +
       'whatever restores to any point of the recent window (retain-window), as a union, plus backups marked\n' +
       'to keep; deletes the other backups, packs no kept backup references, WAL no kept backup needs and\n' +
-      'unfinished backups. Takes the repository lock: never runs during a backup; wal-push goes on.',
+      'unfinished backups, and (file repositories) temporary files of writers killed over a day ago. Takes the\n' +
+      'repository lock: never runs during a backup, restore or verify; wal-push goes on.',
     positionals: { min: 0, max: 0 },
     options: {
       'dry-run': { type: 'boolean', description: 'Show what would be deleted and how many bytes; delete nothing' },
@@ -126,7 +127,8 @@ export const COMMANDS: readonly CommandSpec[] = [
     description:
       'Writes the chosen backup (by default the newest that ended before the target) into an empty directory,\n' +
       'with backup_label, recovery.signal (or standby.signal) and restore_command = pgark wal-fetch. Start\n' +
-      'PostgreSQL on the directory and it replays the WAL archive up to the target.',
+      'PostgreSQL on the directory and it replays the WAL archive up to the target. Holds a shared repository\n' +
+      'lease meanwhile, so expire does not delete what it reads (read-only credentials: a warning, no lease).',
     positionals: { min: 0, max: 0 },
     options: {
       'target-dir': { type: 'string', valueName: 'DIR', description: 'Data directory to restore into (empty or new; default: pgdata)' },
@@ -158,7 +160,8 @@ export const COMMANDS: readonly CommandSpec[] = [
       'as an unprivileged user (restore-test-user when run as root), on a Unix socket only, waits until recovery\n' +
       'ends and the server is promoted, then counts the rows of every table in every database, runs amcheck on\n' +
       'every B-tree index when the extension is available and your --sql file. Reports download and replay\n' +
-      'times, stops the server and removes everything, also on failure or Ctrl-C. Exit 0 only if all passed.',
+      'times, stops the server and removes everything, also on failure or Ctrl-C; what a killed run left (its\n' +
+      'server, its directory) the next run in the same restore-test-path cleans up. Exit 0 only if all passed.',
     positionals: { min: 0, max: 0 },
     options: {
       set: { type: 'string', valueName: 'ID', description: 'Test this backup instead of choosing one' },
