@@ -18,10 +18,9 @@ import { acquireReaderLease, type RepositoryLock } from '../repo/lock.ts';
 import { checkTimeReachable } from '../repo/recoverability.ts';
 import { Repository } from '../repo/repository.ts';
 import { listWalObjects } from '../repo/wal-archive.ts';
-import { restoreFiles, syncFilesystems, type FileToRestore } from '../repo/restore-files.ts';
+import { restoreFiles, syncFilesystems, WINDOW_BLOCKS, type FileToRestore } from '../repo/restore-files.ts';
 import { Semaphore } from '../util/concurrency.ts';
-import { DirectWriter } from '../util/direct-io.ts';
-import { BLOCKS_PER_BLOB } from '../repo/backup-files.ts';
+import { AlignedBufferPool, DirectIo } from '../util/direct-io.ts';
 import { log } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
 import { formatBytes, formatDuration } from '../util/units.ts';
@@ -185,8 +184,9 @@ export async function run(ctx: CommandContext): Promise<number> {
     let written = 0;
     let filesRestored = 0;
     const fetchers = new Semaphore(loaded.config['process-max']);
-    // Each range being decoded writes one piece at a time, so process-max buffers suffice.
-    const direct = loaded.config['restore-direct-io'] && !delta ? new DirectWriter(loaded.config['process-max'], BLOCKS_PER_BLOB * backup.blockSize) : undefined;
+    // Windows being assembled or written: one per batch running, plus writes in flight.
+    const windows = new AlignedBufferPool(loaded.config['process-max'] + 2, WINDOW_BLOCKS * backup.blockSize);
+    const direct = loaded.config['restore-direct-io'] && !delta ? new DirectIo() : undefined;
     // Files go in batches whose blobs are fetched together (see restore-files.ts); batches run
     // concurrently, bounded by the fetchers, and their directories exist before they run.
     let batch: FileToRestore[] = [];
@@ -197,7 +197,7 @@ export async function run(ctx: CommandContext): Promise<number> {
       batch = [];
       batchBytes = 0;
       while (running.size >= 2) await Promise.race(running);
-      const job = restoreFiles(repo, files, { blockSize: backup.blockSize, fetchers, identities, delta, direct, onBytes: (n) => progress.add(n) })
+      const job = restoreFiles(repo, files, { blockSize: backup.blockSize, fetchers, processMax: loaded.config['process-max'], lookaheadBytes: loaded.config['process-max'] * 2 * WINDOW_BLOCKS * backup.blockSize, windows, identities, delta, direct, onBytes: (n) => progress.add(n) })
         .then((result) => {
           written += result.written;
           filesRestored += files.length;

@@ -121,9 +121,16 @@ export class ZstdFrameSequence {
   private output: Buffer[] = [];
   private failure: Error | undefined;
 
+  private readonly chunkSize: number;
+  private produced = 0;
+
   constructor(chunkSize = 1 << 20) {
+    this.chunkSize = chunkSize;
     this.stream = createZstdDecompress({ chunkSize });
-    this.stream.on('data', (chunk: Buffer) => this.output.push(chunk));
+    this.stream.on('data', (chunk: Buffer) => {
+      this.produced += chunk.length;
+      this.output.push(chunk);
+    });
     this.stream.on('error', (error) => {
       this.failure ??= error;
       // zlib does not call back the write it failed on.
@@ -134,24 +141,42 @@ export class ZstdFrameSequence {
   private pending: ((error: Error) => void) | undefined;
 
   /**
+   * Whether the next frame's content starts at the beginning of a fresh zlib output buffer: true
+   * as long as every frame so far filled whole buffers. Then a frame of chunkSize bytes comes out
+   * as one buffer of its own, which the caller may free at once (util/memory.ts).
+   */
+  get aligned(): boolean {
+    return this.produced % this.chunkSize === 0;
+  }
+
+  /**
    * The content of one blob. A blob is normally one frame; older writers sometimes appended an
    * empty frame, and zlib ends the stream when a write holds more than one frame, so each
    * frame is written on its own.
    */
   async decode(blob: Buffer): Promise<Buffer> {
+    const parts = await this.decodeParts(blob);
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  }
+
+  /**
+   * The content as zlib handed it out, in consecutive pieces: a frame that starts in the middle
+   * of zlib's output buffer comes out in two. Joining them would copy every such blob once more
+   * (a second of CPU and most of the garbage in a restore of an incremental).
+   */
+  async decodeParts(blob: Buffer): Promise<Buffer[]> {
     const parts: Buffer[] = [];
     let offset = 0;
     do {
       const length = zstdFrameLength(blob, offset);
       if (length === undefined) throw new Error(`not a whole zstd frame at byte ${offset} of ${blob.length}`);
-      const part = await this.decodeFrame(blob.subarray(offset, offset + length));
-      if (part.length > 0 || parts.length === 0) parts.push(part);
+      for (const part of await this.decodeFrame(blob.subarray(offset, offset + length))) if (part.length > 0) parts.push(part);
       offset += length;
     } while (offset < blob.length);
-    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+    return parts;
   }
 
-  private decodeFrame(frame: Buffer): Promise<Buffer> {
+  private decodeFrame(frame: Buffer): Promise<Buffer[]> {
     return new Promise((resolve, reject) => {
       if (this.failure) return reject(this.failure);
       this.pending = reject;
@@ -159,9 +184,9 @@ export class ZstdFrameSequence {
       this.stream.write(frame, () => {
         this.pending = undefined;
         if (this.failure) return reject(this.failure);
-        const content = this.output.length === 1 ? this.output[0]! : Buffer.concat(this.output);
+        const parts = this.output;
         this.output = [];
-        resolve(content);
+        resolve(parts);
       });
     });
   }

@@ -40,7 +40,10 @@ export async function decodeBlob(stored: Buffer, packKey: string, where: { packI
 }
 
 export interface RangeDecoder {
-  decode(stored: Buffer, where: BlobRef): Promise<Buffer>;
+  /** The blob's content in consecutive pieces (ZstdFrameSequence.decodeParts). */
+  decode(stored: Buffer, where: BlobRef): Promise<Buffer[]>;
+  /** See ZstdFrameSequence.aligned (always true for other codecs: each blob is its own buffer). */
+  aligned(): boolean;
   finish(): Promise<void>;
   close(): void;
 }
@@ -52,18 +55,19 @@ export interface RangeDecoder {
  * context is unusable: make a new decoder for the blobs after it.
  */
 export function rangeDecoder(key: string, identities: readonly string[]): RangeDecoder {
-  if (codecOfKey(key) !== 'zstd') return { decode: (stored, where) => decodeBlob(stored, key, where, identities), finish: async () => {}, close: () => {} };
+  if (codecOfKey(key) !== 'zstd') return { decode: async (stored, where) => [await decodeBlob(stored, key, where, identities)], aligned: () => true, finish: async () => {}, close: () => {} };
   const frames = new ZstdFrameSequence();
   const encrypted = isEncryptedKey(key);
   return {
     decode: async (stored, where) => {
       try {
-        return await frames.decode(encrypted ? await decryptBuffer(stored, identities) : stored);
+        return await frames.decodeParts(encrypted ? await decryptBuffer(stored, identities) : stored);
       } catch (error) {
         if (error instanceof PgarkError) throw error;
         throw new PgarkError('INTEGRITY', `a blob in pack ${where.packId} (offset ${where.offset}) is damaged: ${(error as Error).message}`, { cause: error });
       }
     },
+    aligned: () => frames.aligned,
     finish: () => frames.finish(),
     close: () => frames.close(),
   };

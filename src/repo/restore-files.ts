@@ -1,48 +1,61 @@
 /**
- * Writing files of a backup into a target directory. Files are restored in batches: the blobs
- * a batch needs are sorted by pack and offset and neighbouring blobs are fetched with one
- * ranged GET (up to RANGE_MAX bytes), so a full backup of many small files costs a handful of
- * requests instead of one per file, and a large file streams in big sequential ranges. Each
- * blob, once decoded, is written to every extent that points into it; with `delta`, only
- * blocks that differ from the existing file are written.
+ * Writing the files of a backup into a target directory, one batch of files at a time, in file
+ * order: every file is cut into windows of WINDOW_BLOCKS blocks, each window is assembled from
+ * the pieces of the blobs its extents point into, in a page-aligned buffer, and written with
+ * one write (O_DIRECT where possible, util/direct-io.ts). An incremental's windows are made of
+ * many short pieces from blobs of several backups; written piece by piece they were dozens of
+ * small page-cache writes per MiB, written by window they cost what a full backup's do.
+ *
+ * Blobs are fetched ahead of the windows that need them, in the order of their first use:
+ * neighbours in a pack needed around the same time share one ranged GET of up to RANGE_MAX
+ * bytes, so a full backup of many small files costs a handful of requests; blobs are decoded a
+ * bounded amount ahead by pooled zstd contexts (BlobSupply). A decoded blob is kept until its
+ * last window is assembled. Because a blob belongs to one file and covers its blocks in file
+ * order, the blobs alive at any time are about two per backup of the chain that the file's
+ * extents come from, plus the lookahead.
  */
 import { closeSync, constants, futimesSync, ftruncateSync, openSync, read, write, writeSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { PgarkError } from '../errors.ts';
 import { freeNow } from '../util/memory.ts';
-import type { Semaphore } from '../util/concurrency.ts';
-import { isAlignedForDirectIo, type DirectWriter } from '../util/direct-io.ts';
-import type { Extent, ManifestEntry } from './backup-manifest.ts';
-import { rangeDecoder } from './blob-check.ts';
+import { Semaphore } from '../util/concurrency.ts';
+import { isAlignedForDirectIo, type AlignedBufferPool, type DirectIo } from '../util/direct-io.ts';
+import type { ManifestEntry } from './backup-manifest.ts';
+import { rangeDecoder, type RangeDecoder } from './blob-check.ts';
 import { isValidPackId, packKey } from './layout.ts';
 import type { Repository } from './repository.ts';
 
 type FileEntry = Extract<ManifestEntry, { t: 'f' }>;
 
-/** Largest ranged GET (process-max of them are held in memory at once), and the largest hole
- * between two blobs still fetched in one range. */
+/** Largest ranged GET (process-max of them are fetched ahead), and the largest hole between two
+ * blobs still fetched in one range. */
 const RANGE_MAX = 4 * 1024 * 1024;
 const RANGE_GAP_MAX = 256 * 1024;
+/** Blobs with at least this much content are decoded by decoders kept aligned (BlobSupply). */
+const LARGE_BLOB_BYTES = 64 * 1024;
+/** Blocks per window: one blob's worth, so a full backup's window is one whole blob. */
+export const WINDOW_BLOCKS = 128;
 
 export interface RestoreOptions {
   blockSize: number;
   /** Bounds ranged GETs in flight across all batches. */
   fetchers: Semaphore;
+  /** Parallel decoders per batch, and (times RANGE_MAX) the stored bytes fetched ahead. */
+  processMax: number;
+  /** Decoded content kept ahead of the window being assembled (besides blobs still in use). */
+  lookaheadBytes: number;
+  /** Buffers of WINDOW_BLOCKS blocks that windows are assembled in; bounds writes in flight. */
+  windows: AlignedBufferPool;
   identities: readonly string[];
   delta: boolean;
-  /** Writes large aligned pieces past the page cache (util/direct-io.ts); not with delta. */
-  direct?: DirectWriter;
+  /** Writes large aligned windows past the page cache (util/direct-io.ts); not with delta. */
+  direct?: DirectIo;
   onBytes?: (bytes: number) => void;
 }
 
 export interface FileToRestore {
   entry: FileEntry;
   absolute: string;
-}
-
-interface BlobUse {
-  file: number;
-  extent: Extent;
 }
 
 export interface BlobRef {
@@ -53,17 +66,17 @@ export interface BlobRef {
   checksum?: string;
 }
 
-export interface Range {
+export interface Range<B extends BlobRef = BlobRef> {
   packId: string;
   start: number;
   end: number; // exclusive
-  blobs: BlobRef[];
+  blobs: B[];
 }
 
 /** Groups blobs into ranged GETs: sorted by pack and offset, neighbours merged. */
-export function planRanges(blobs: Iterable<BlobRef>): Range[] {
+export function planRanges<B extends BlobRef>(blobs: Iterable<B>): Range<B>[] {
   const sorted = [...blobs].sort((a, b) => (a.packId < b.packId ? -1 : a.packId > b.packId ? 1 : a.offset - b.offset));
-  const ranges: Range[] = [];
+  const ranges: Range<B>[] = [];
   for (const blob of sorted) {
     const last = ranges.at(-1);
     const end = blob.offset + blob.length;
@@ -107,86 +120,333 @@ export async function fetchRange(repo: Repository, range: Range): Promise<Buffer
   return data;
 }
 
+/** A piece of a window: `length` bytes of a blob's content from `from`, at `at` in the window. */
+interface Piece {
+  blob: number;
+  from: number;
+  length: number;
+  at: number;
+}
+
+/** One write: bytes [position, position + length) of a file. */
+interface Window {
+  file: number;
+  position: number;
+  length: number;
+  pieces: Piece[];
+}
+
+interface PlannedBlob extends BlobRef {
+  /** Index of the last window that needs it: its content is freed after that one. */
+  lastWindow: number;
+  /** Upper bound of its decoded size (the furthest byte any piece reads). */
+  contentBytes: number;
+}
+
+/**
+ * Cuts the files into windows and lists the blobs in the order of their first use. A manifest
+ * whose extents do not cover a file exactly (a gap, an overlap, a block past its end) is
+ * refused before anything is written.
+ */
+export function planWindows(files: readonly FileToRestore[], blockSize: number): { windows: Window[]; blobs: PlannedBlob[] } {
+  const windows: Window[] = [];
+  const blobs: PlannedBlob[] = [];
+  const blobIndex = new Map<string, number>();
+  const windowBytes = WINDOW_BLOCKS * blockSize;
+  files.forEach((file, fileIndex) => {
+    const { s: size, p: path } = file.entry;
+    const broken = (detail: string) => new PgarkError('INTEGRITY', `the manifest entry of ${path} is inconsistent: ${detail}`, { hint: 'the repository has been tampered with or is damaged' });
+    const extents = [...file.entry.x].sort((a, b) => a[0] - b[0]);
+    let covered = 0; // bytes of the file covered by the extents so far
+    let window: Window | undefined;
+    for (const [first, count, packId, offset, length, skip, checksum] of extents) {
+      const start = first * blockSize;
+      if (start !== covered) throw broken(start > covered ? `no extent covers bytes ${covered}-${start - 1}` : `extents overlap at byte ${start}`);
+      const end = Math.min(start + count * blockSize, size);
+      if (end <= start) throw broken(`an extent starts at block ${first}, at or past the end of the ${size}-byte file`);
+      const key = `${packId}@${offset}`;
+      let blob = blobIndex.get(key);
+      if (blob === undefined) {
+        blob = blobs.length;
+        blobIndex.set(key, blob);
+        blobs.push({ packId, offset, length, ...(checksum ? { checksum } : {}), lastWindow: 0, contentBytes: 0 });
+      }
+      const planned = blobs[blob]!;
+      planned.contentBytes = Math.max(planned.contentBytes, skip * blockSize + (end - start));
+      for (let position = start; position < end;) {
+        const windowStart = position - (position % windowBytes);
+        if (!window || window.position !== windowStart) {
+          window = { file: fileIndex, position: windowStart, length: 0, pieces: [] };
+          windows.push(window);
+        }
+        const pieceEnd = Math.min(end, windowStart + windowBytes);
+        window.pieces.push({ blob, from: skip * blockSize + (position - start), length: pieceEnd - position, at: position - windowStart });
+        window.length = pieceEnd - windowStart;
+        planned.lastWindow = windows.length - 1;
+        position = pieceEnd;
+      }
+      covered = end;
+    }
+    if (covered !== size) throw broken(`the extents cover ${covered} of its ${size} bytes`);
+  });
+  return { windows, blobs };
+}
+
+interface RangeState {
+  range: Range<PlannedBlob & { index: number }>;
+  /** Started when first needed or fetched ahead; dropped (and freed) once all its blobs are decoded. */
+  data?: Promise<Buffer>;
+  started?: boolean;
+  undecoded: number;
+}
+
+/**
+ * Decoded blobs for the windows, in the order of their first use. Ranges (neighbouring blobs of
+ * a pack, up to RANGE_MAX stored bytes) are fetched up to `fetchAheadBytes` ahead; blobs are
+ * decoded up to `lookaheadBytes` of content ahead, each on its own by one of process-max pooled
+ * decoders, so a range of eighty highly compressible blobs still decodes on every core.
+ * get() always starts what the blob asked for needs, whatever the budgets: no deadlock.
+ */
+class BlobSupply {
+  private readonly contents: (Promise<Buffer[]> | undefined)[] = [];
+  private readonly order: number[] = [];
+  private readonly position: number[] = []; // blob -> its index in order
+  private readonly ranges: RangeState[] = []; // in the order of their first blob's use
+  private readonly rangeOf: number[] = []; // blob -> index in ranges
+  private nextFetch = 0; // ranges before it have been started
+  private nextDecode = 0; // blobs of `order` before it have been scheduled
+  private fetchedAhead = 0; // stored bytes of started ranges not yet fully decoded
+  private decodedAhead = 0; // content bytes of scheduled blobs not yet released
+  private readonly idle = new Map<string, RangeDecoder[]>(); // by pack key suffix (codec, encryption)
+  private readonly repo: Repository;
+  private readonly blobs: readonly PlannedBlob[];
+  private readonly options: RestoreOptions;
+  private readonly decoders: Semaphore;
+
+  constructor(repo: Repository, blobs: readonly PlannedBlob[], windows: readonly Window[], options: RestoreOptions) {
+    this.repo = repo;
+    this.blobs = blobs;
+    this.options = options;
+    this.decoders = new Semaphore(options.processMax);
+    const seen = new Uint8Array(blobs.length);
+    for (const window of windows) {
+      for (const piece of window.pieces) {
+        if (seen[piece.blob]) continue;
+        seen[piece.blob] = 1;
+        this.position[piece.blob] = this.order.length;
+        this.order.push(piece.blob);
+      }
+    }
+    // Ranges are planned over consecutive stretches of `order` (so that neighbours in a pack
+    // needed around the same time share one), fetched in the order of their first use.
+    const stretchBytes = options.processMax * RANGE_MAX;
+    for (let i = 0; i < this.order.length;) {
+      const stretch: (PlannedBlob & { index: number })[] = [];
+      let stored = 0;
+      for (; i < this.order.length && (stretch.length === 0 || stored < stretchBytes); i++) {
+        const index = this.order[i]!;
+        stretch.push({ ...blobs[index]!, index });
+        stored += blobs[index]!.length;
+      }
+      const planned = planRanges(stretch).map((range) => ({ range, undecoded: range.blobs.length, first: Math.min(...range.blobs.map((blob) => this.position[blob.index]!)) }));
+      planned.sort((x, y) => x.first - y.first);
+      for (const { range, undecoded } of planned) {
+        for (const blob of range.blobs) this.rangeOf[blob.index] = this.ranges.length;
+        this.ranges.push({ range, undecoded });
+      }
+    }
+  }
+
+  get(blob: number): Promise<Buffer[]> {
+    while (this.nextDecode <= this.position[blob]!) this.scheduleDecode(this.order[this.nextDecode++]!);
+    while (this.nextDecode < this.order.length && this.decodedAhead < this.options.lookaheadBytes) this.scheduleDecode(this.order[this.nextDecode++]!);
+    while (this.nextFetch < this.ranges.length && this.fetchedAhead < this.options.processMax * RANGE_MAX) this.fetch(this.ranges[this.nextFetch++]!);
+    return this.contents[blob]!;
+  }
+
+  release(blob: number): void {
+    const content = this.contents[blob];
+    if (!content) return;
+    this.contents[blob] = undefined;
+    this.decodedAhead -= this.blobs[blob]!.contentBytes;
+    void content.then((parts) => parts.forEach(freeNow), () => {});
+  }
+
+  /** Ends the pooled decoders; fails if one holds an incomplete frame. */
+  async finish(): Promise<void> {
+    const decoders = [...this.idle.values()].flat();
+    this.idle.clear();
+    try {
+      for (const decoder of decoders) {
+        await decoder.finish().catch((error: unknown) => {
+          throw new PgarkError('INTEGRITY', `a blob fetched from the repository is damaged: ${(error as Error).message}`, { cause: error });
+        });
+      }
+    } finally {
+      for (const decoder of decoders) decoder.close();
+    }
+  }
+
+  private fetch(state: RangeState): void {
+    if (state.started) return;
+    state.started = true;
+    const stored = state.range.end - state.range.start;
+    this.fetchedAhead += stored;
+    state.data = (async () => {
+      const release = await this.options.fetchers.acquire();
+      try {
+        return await fetchRange(this.repo, state.range);
+      } finally {
+        release();
+      }
+    })();
+    state.data.catch(() => {}); // reported to the blobs' readers
+  }
+
+  private scheduleDecode(blob: number): void {
+    const planned = this.blobs[blob]!;
+    this.decodedAhead += planned.contentBytes;
+    const state = this.ranges[this.rangeOf[blob]!]!;
+    this.fetch(state);
+    const key = packKey(state.range.packId);
+    const dot = state.range.packId.indexOf('.');
+    // Decoders are pooled by codec and encryption (the pack id's suffix), and by size: a decoder
+    // that only ever decodes whole windows hands each one out as a buffer of its own, freed as
+    // soon as the window is written; one that decoded a shorter blob would split every later
+    // window across two of zlib's buffers, kept until the GC gets to them. Such a decoder is
+    // retired; small blobs share decoders of their own.
+    const large = planned.contentBytes >= LARGE_BLOB_BYTES;
+    const kind = `${dot < 0 ? '' : state.range.packId.slice(dot)}${large ? ' large' : ''}`;
+    const content = (async (): Promise<Buffer[]> => {
+      let data: Buffer | undefined;
+      try {
+        data = await state.data!;
+        const stored = data.subarray(planned.offset - state.range.start, planned.offset - state.range.start + planned.length);
+        const release = await this.decoders.acquire();
+        const decoder = this.idle.get(kind)?.pop() ?? rangeDecoder(key, this.options.identities);
+        try {
+          // A blob stored with compression none decodes to a view of the fetched range: copied, so
+          // that the range can be freed as soon as its last blob is decoded, as for the others.
+          const decoded = (await decoder.decode(stored, planned)).map((part) => (part.buffer === data!.buffer ? Buffer.from(part) : part));
+          if (large && !decoder.aligned()) {
+            decoder.close();
+          } else {
+            const pool = this.idle.get(kind) ?? [];
+            this.idle.set(kind, pool);
+            pool.push(decoder);
+          }
+          return decoded;
+        } catch (error) {
+          decoder.close(); // unusable after a failure
+          throw error;
+        } finally {
+          release();
+        }
+      } finally {
+        if (--state.undecoded === 0) {
+          this.fetchedAhead -= state.range.end - state.range.start;
+          state.data = undefined;
+          if (data) freeNow(data);
+        }
+      }
+    })();
+    content.catch(() => {}); // reported to the window that awaits it
+    this.contents[blob] = content;
+  }
+}
+
+/**
+ * Copies `length` bytes from offset `from` of the content made of `parts` to `target` at `at`;
+ * false if the content is shorter.
+ */
+export function copyFromParts(parts: readonly Buffer[], from: number, length: number, target: Buffer, at: number): boolean {
+  let partStart = 0;
+  for (const part of parts) {
+    const partEnd = partStart + part.length;
+    if (from < partEnd && length > 0) {
+      const n = Math.min(length, partEnd - from);
+      part.copy(target, at, from - partStart, from - partStart + n);
+      from += n;
+      at += n;
+      length -= n;
+    }
+    partStart = partEnd;
+  }
+  return length === 0;
+}
+
 /** Restores a batch of files; resolves when all are written (not yet fsynced: see syncFilesystems). */
 export async function restoreFiles(repo: Repository, files: readonly FileToRestore[], options: RestoreOptions): Promise<{ written: number }> {
-  const uses = new Map<string, BlobUse[]>();
-  const blobs = new Map<string, BlobRef>();
-  files.forEach((file, index) => {
-    for (const extent of file.entry.x) {
-      const key = `${extent[2]}@${extent[3]}`;
-      if (!blobs.has(key)) blobs.set(key, { packId: extent[2], offset: extent[3], length: extent[4], ...(extent[6] ? { checksum: extent[6] } : {}) });
-      let list = uses.get(key);
-      if (!list) uses.set(key, (list = []));
-      list.push({ file: index, extent });
-    }
-  });
+  const { windows, blobs } = planWindows(files, options.blockSize);
+  const supply = new BlobSupply(repo, blobs, windows, options);
 
   // O_NOFOLLOW: never write through a symlink planted at the file's own name.
   const flags = options.delta ? constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW : constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
   const fds: number[] = [];
-  // O_DIRECT descriptors, opened at a file's first piece that qualifies.
+  // O_DIRECT descriptors, opened at a file's first window that qualifies.
   const directFds: (number | undefined)[] = [];
   const direct = options.delta ? undefined : options.direct;
-  const writePiece = async (file: number, part: Buffer, position: number): Promise<number> => {
-    if (direct?.enabled && isAlignedForDirectIo(position, part.length)) {
-      directFds[file] ??= direct.open(files[file]!.absolute);
-      const fd = directFds[file];
-      if (fd !== undefined) {
-        const done = await direct.write(fd, part, position);
-        return done + (done < part.length ? await writeAt(fds[file]!, part, done, part.length - done, position + done) : 0);
-      }
+  const writeWindow = async (window: Window, buffer: Buffer): Promise<number> => {
+    const fd = fds[window.file]!;
+    if (options.delta) return writeChangedBlocks(fd, buffer.subarray(0, window.length), window.position, options.blockSize);
+    let done = 0;
+    if (direct?.enabled && isAlignedForDirectIo(window.position, window.length)) {
+      directFds[window.file] ??= direct.open(files[window.file]!.absolute);
+      const directFd = directFds[window.file];
+      if (directFd !== undefined) done = await direct.write(directFd, buffer, window.length, window.position);
     }
-    return writeAt(fds[file]!, part, 0, part.length, position);
+    return done + (done < window.length ? await writeAt(fd, buffer, done, window.length - done, window.position + done) : 0);
   };
+
   let written = 0;
+  const writing = new Set<Promise<void>>();
+  let failure: { error: unknown } | undefined;
   try {
     for (const file of files) fds.push(openSync(file.absolute, flags, file.entry.m & 0o777));
-    await Promise.all(planRanges(blobs.values()).map(async (range) => {
-      const release = await options.fetchers.acquire();
+    for (let w = 0; w < windows.length && !failure; w++) {
+      const window = windows[w]!;
+      const { buffer, release } = await options.windows.acquire();
       try {
-        const data = await fetchRange(repo, range);
-        const key = packKey(range.packId);
-        const decoder = rangeDecoder(key, options.identities);
-        try {
-          for (const blob of range.blobs) {
-            const stored = data.subarray(blob.offset - range.start, blob.offset - range.start + blob.length);
-            const content = await decoder.decode(stored, blob);
-            for (const { file, extent } of uses.get(`${range.packId}@${blob.offset}`)!) {
-              const [first, count, , , , skip] = extent;
-              const entry = files[file]!.entry;
-              const start = skip * options.blockSize;
-              const part = content.subarray(start, start + count * options.blockSize);
-              // Every block but a file's last is whole; a blob shorter than its extents is damage.
-              if (part.length !== Math.min(count * options.blockSize, entry.s - first * options.blockSize)) {
-                throw new PgarkError('INTEGRITY', `a blob in pack ${range.packId} (offset ${blob.offset}) is shorter than ${entry.p} needs`, { hint: 'the repository has been tampered with or is damaged' });
-              }
-              const position = first * options.blockSize;
-              // (await first, then add: `written += await …` would read `written` before awaiting.)
-              const bytes = options.delta ? await writeChangedBlocks(fds[file]!, part, position, options.blockSize) : await writePiece(file, part, position);
-              written += bytes;
-              options.onBytes?.(part.length);
-            }
-            freeNow(content);
+        for (const piece of window.pieces) {
+          const parts = await supply.get(piece.blob);
+          if (!copyFromParts(parts, piece.from, piece.length, buffer, piece.at)) {
+            const blob = blobs[piece.blob]!;
+            throw new PgarkError('INTEGRITY', `a blob in pack ${blob.packId} (offset ${blob.offset}) is shorter than ${files[window.file]!.entry.p} needs`, { hint: 'the repository has been tampered with or is damaged' });
           }
-          await decoder.finish().catch((error: unknown) => {
-            throw new PgarkError('INTEGRITY', `the last blob fetched from pack ${range.packId} is damaged: ${(error as Error).message}`, { cause: error });
-          });
-        } finally {
-          decoder.close();
-          freeNow(data);
         }
-      } finally {
+        // (After the whole window: one blob may supply several of its pieces.)
+        for (const piece of window.pieces) if (blobs[piece.blob]!.lastWindow === w) supply.release(piece.blob);
+      } catch (error) {
         release();
+        throw error;
       }
-    }));
+      // Written while the next windows are assembled; the buffer pool bounds how many at once.
+      const job: Promise<void> = writeWindow(window, buffer)
+        .then((bytes) => {
+          written += bytes;
+          options.onBytes?.(window.length);
+        })
+        .catch((error: unknown) => { failure ??= { error }; })
+        .finally(() => {
+          release();
+          writing.delete(job);
+        });
+      writing.add(job);
+    }
+    await Promise.all(writing);
+    if (failure) throw failure.error;
+    await supply.finish();
     files.forEach((file, i) => {
-      // A new file (O_TRUNC) is exactly as long as the blocks written into it; an existing one
+      // A new file (O_TRUNC) is exactly as long as the windows written into it; an existing one
       // (delta) may be longer.
       if (options.delta) ftruncateSync(fds[i]!, file.entry.s);
       const mtime = new Date(file.entry.mt);
       futimesSync(fds[i]!, mtime, mtime);
     });
   } finally {
+    // After a failure, writes still in flight must end before their descriptors close.
+    await Promise.allSettled(writing);
+    for (let blob = 0; blob < blobs.length; blob++) supply.release(blob);
     for (const fd of [...fds, ...directFds]) if (fd !== undefined) closeSync(fd);
   }
   return { written };

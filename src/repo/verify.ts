@@ -192,10 +192,13 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions)
         try {
           for (const blob of range.blobs) {
             try {
-              const content = await decoder.decode(data.subarray(blob.offset - range.start, blob.offset - range.start + blob.length), blob);
+              const parts = await decoder.decode(data.subarray(blob.offset - range.start, blob.offset - range.start + blob.length), blob);
               const needed = (blob as BlobRef & { needed: number }).needed;
-              const decoded = content.length;
-              freeNow(content); // only its length matters: free it now, not at the next GC (memory.ts)
+              let decoded = 0;
+              for (const part of parts) {
+                decoded += part.length;
+                freeNow(part); // only its length matters: free it now, not at the next GC (memory.ts)
+              }
               if (decoded < needed) throw new PgarkError('INTEGRITY', `a blob in pack ${packId} (offset ${blob.offset}) is damaged: ${decoded} bytes decoded, its extents need ${needed}`);
             } catch (error) {
               damaged++;

@@ -9,8 +9,7 @@
  *
  * O_DIRECT needs the memory address, the file offset and the length aligned to the device's
  * logical block size. Node buffers come from malloc (16-byte aligned), but a WebAssembly.Memory
- * is mapped page-aligned, so its pages serve as the aligned buffers; data is copied into one
- * before each write. Only pieces whose offset and length are multiples of DIRECT_IO_ALIGNMENT
+ * is mapped page-aligned, so its pages serve as the aligned buffers (AlignedBufferPool). Only pieces whose offset and length are multiples of DIRECT_IO_ALIGNMENT
  * and at least DIRECT_IO_MIN_BYTES go this way (smaller ones would each wait for the device);
  * the rest are ordinary writes. Mixing both on one file is coherent in Linux as long as ranges do
  * not overlap, which they never do in a restore. Where the filesystem refuses O_DIRECT (tmpfs
@@ -42,27 +41,46 @@ export function isAlignedForDirectIo(position: number, length: number): boolean 
 }
 
 /**
- * A fixed set of page-aligned buffers and the switch that turns O_DIRECT off after the first
- * refusal. One per restore, shared by all files being written.
+ * A fixed set of page-aligned buffers (restore assembles each window of a file in one, then
+ * writes it from there, direct or not).
  */
-export class DirectWriter {
+export class AlignedBufferPool {
   private readonly free: Buffer[] = [];
   private readonly slots: Semaphore;
-  private disabledBecause: string | undefined;
-  /** Bytes written past the page cache so far (reported by restore). */
-  bytesWritten = 0;
+  readonly size: number;
 
   /** `count` buffers of `size` bytes (rounded up to whole WebAssembly pages). */
   constructor(count: number, size: number) {
-    const slotSize = Math.ceil(size / WASM_PAGE) * WASM_PAGE;
-    const pages = (slotSize / WASM_PAGE) * count;
+    this.size = Math.ceil(size / WASM_PAGE) * WASM_PAGE;
+    const pages = (this.size / WASM_PAGE) * count;
     // initial = maximum: the memory never grows, so its ArrayBuffer is never detached while
     // a write in the thread pool still reads from it.
     const memory = new wasm.Memory({ initial: pages, maximum: pages });
-    for (let i = 0; i < count; i++) this.free.push(Buffer.from(memory.buffer, i * slotSize, slotSize));
+    for (let i = 0; i < count; i++) this.free.push(Buffer.from(memory.buffer, i * this.size, this.size));
     this.slots = new Semaphore(count);
-    if (O_DIRECT === undefined) this.disabledBecause = 'this platform has no O_DIRECT';
   }
+
+  async acquire(): Promise<{ buffer: Buffer; release: () => void }> {
+    const release = await this.slots.acquire();
+    const buffer = this.free.pop()!;
+    let released = false;
+    return {
+      buffer,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.free.push(buffer);
+        release();
+      },
+    };
+  }
+}
+
+/** Direct writes, and the switch that turns them off after the first refusal. One per restore. */
+export class DirectIo {
+  private disabledBecause: string | undefined = O_DIRECT === undefined ? 'this platform has no O_DIRECT' : undefined;
+  /** Bytes written past the page cache so far (reported by restore). */
+  bytesWritten = 0;
 
   get enabled(): boolean {
     return this.disabledBecause === undefined;
@@ -81,39 +99,24 @@ export class DirectWriter {
   }
 
   /**
-   * Writes `data` at `position` through `fd` (opened by open()), copying it through the aligned
-   * buffers. Returns the bytes written; fewer than data.length only when direct I/O was refused
-   * part-way, and then the caller writes the rest the ordinary way.
+   * Writes `length` bytes of `buffer` (from an AlignedBufferPool) at `position` through `fd`
+   * (from open()). Returns the bytes written: fewer than `length` only when direct I/O was
+   * refused part-way or a short write left an unaligned rest; the caller writes the rest the
+   * ordinary way.
    */
-  async write(fd: number, data: Buffer, position: number): Promise<number> {
-    let done = 0;
-    while (done < data.length && this.enabled) {
-      const release = await this.slots.acquire();
-      const buffer = this.free.pop()!;
-      try {
-        const length = Math.min(buffer.length, data.length - done);
-        data.copy(buffer, 0, done, done + length);
-        let written = 0;
-        while (written < length) {
-          const n = (await writeAsync(fd, buffer, written, length - written, position + done + written)).bytesWritten;
-          written += n;
-          // A short direct write leaves an unaligned rest: let the caller finish it.
-          if (written < length && written % DIRECT_IO_ALIGNMENT !== 0) {
-            this.bytesWritten += written;
-            return done + written;
-          }
-        }
-        done += length;
-        this.bytesWritten += length;
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
-        this.disable(`a direct write was refused (${(error as Error).message})`);
-      } finally {
-        this.free.push(buffer);
-        release();
+  async write(fd: number, buffer: Buffer, length: number, position: number): Promise<number> {
+    let written = 0;
+    try {
+      while (written < length) {
+        written += (await writeAsync(fd, buffer, written, length - written, position + written)).bytesWritten;
+        if (written % DIRECT_IO_ALIGNMENT !== 0) break;
       }
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
+      this.disable(`a direct write was refused (${(error as Error).message})`);
     }
-    return done;
+    this.bytesWritten += written;
+    return written;
   }
 
   private disable(reason: string): void {
