@@ -163,6 +163,10 @@ export class ZstdFrameSequence {
    * The content as zlib handed it out, in consecutive pieces: a frame that starts in the middle
    * of zlib's output buffer comes out in two. Joining them would copy every such blob once more
    * (a second of CPU and most of the garbage in a restore of an incremental).
+   *
+   * The parts stay valid as long as the caller holds them, also across later decodes: restore
+   * keeps decoded blobs until the last window that needs them is assembled (restore-files.ts)
+   * and frees them itself. Never free earlier output here.
    */
   async decodeParts(blob: Buffer): Promise<Buffer[]> {
     const parts: Buffer[] = [];
