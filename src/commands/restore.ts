@@ -18,7 +18,7 @@ import { acquireReaderLease, type RepositoryLock } from '../repo/lock.ts';
 import { checkTimeReachable } from '../repo/recoverability.ts';
 import { Repository } from '../repo/repository.ts';
 import { listWalObjects } from '../repo/wal-archive.ts';
-import { restoreFiles, syncFilesystems, WINDOW_BLOCKS, type FileToRestore } from '../repo/restore-files.ts';
+import { DecoderPool, restoreFiles, syncFilesystems, WINDOW_BLOCKS, type FileToRestore } from '../repo/restore-files.ts';
 import { Semaphore } from '../util/concurrency.ts';
 import { AlignedBufferPool, DirectIo } from '../util/direct-io.ts';
 import { log } from '../util/log.ts';
@@ -187,6 +187,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     // Windows being assembled or written: one per batch running, plus writes in flight.
     const windows = new AlignedBufferPool(loaded.config['process-max'] + 2, WINDOW_BLOCKS * backup.blockSize);
     const direct = loaded.config['restore-direct-io'] && !delta ? new DirectIo() : undefined;
+    const decoders = new DecoderPool(identities, loaded.config['process-max']);
     // Files go in batches whose blobs are fetched together (see restore-files.ts); batches run
     // concurrently, bounded by the fetchers, and their directories exist before they run.
     let batch: FileToRestore[] = [];
@@ -197,7 +198,7 @@ export async function run(ctx: CommandContext): Promise<number> {
       batch = [];
       batchBytes = 0;
       while (running.size >= 2) await Promise.race(running);
-      const job = restoreFiles(repo, files, { blockSize: backup.blockSize, fetchers, processMax: loaded.config['process-max'], lookaheadBytes: loaded.config['process-max'] * 2 * WINDOW_BLOCKS * backup.blockSize, windows, identities, delta, direct, onBytes: (n) => progress.add(n) })
+      const job = restoreFiles(repo, files, { blockSize: backup.blockSize, fetchers, processMax: loaded.config['process-max'], decoders, lookaheadBytes: loaded.config['process-max'] * 2 * WINDOW_BLOCKS * backup.blockSize, windows, delta, direct, onBytes: (n) => progress.add(n) })
         .then((result) => {
           written += result.written;
           filesRestored += files.length;
@@ -229,6 +230,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     await flushBatch();
     await Promise.all(running);
     if (failure) throw failure.error;
+    await decoders.finish();
     if (!end) throw new PgarkError('INTEGRITY', `the manifest of backup ${backup.id} has no end record`);
     progress.done();
 

@@ -40,13 +40,14 @@ export interface RestoreOptions {
   blockSize: number;
   /** Bounds ranged GETs in flight across all batches. */
   fetchers: Semaphore;
-  /** Parallel decoders per batch, and (times RANGE_MAX) the stored bytes fetched ahead. */
+  /** Times RANGE_MAX: the stored bytes fetched ahead per batch. */
   processMax: number;
+  /** Shared by all batches of the restore; finished by the caller. */
+  decoders: DecoderPool;
   /** Decoded content kept ahead of the window being assembled (besides blobs still in use). */
   lookaheadBytes: number;
   /** Buffers of WINDOW_BLOCKS blocks that windows are assembled in; bounds writes in flight. */
   windows: AlignedBufferPool;
-  identities: readonly string[];
   delta: boolean;
   /** Writes large aligned windows past the page cache (util/direct-io.ts); not with delta. */
   direct?: DirectIo;
@@ -203,8 +204,8 @@ interface RangeState {
 /**
  * Decoded blobs for the windows, in the order of their first use. Ranges (neighbouring blobs of
  * a pack, up to RANGE_MAX stored bytes) are fetched up to `fetchAheadBytes` ahead; blobs are
- * decoded up to `lookaheadBytes` of content ahead, each on its own by one of process-max pooled
- * decoders, so a range of eighty highly compressible blobs still decodes on every core.
+ * decoded up to `lookaheadBytes` of content ahead, each on its own by one of the pooled
+ * decoders (DecoderPool), so a range of eighty highly compressible blobs still decodes on every core.
  * get() always starts what the blob asked for needs, whatever the budgets: no deadlock.
  */
 class BlobSupply {
@@ -217,17 +218,14 @@ class BlobSupply {
   private nextDecode = 0; // blobs of `order` before it have been scheduled
   private fetchedAhead = 0; // stored bytes of started ranges not yet fully decoded
   private decodedAhead = 0; // content bytes of scheduled blobs not yet released
-  private readonly idle = new Map<string, RangeDecoder[]>(); // by pack key suffix (codec, encryption)
   private readonly repo: Repository;
   private readonly blobs: readonly PlannedBlob[];
   private readonly options: RestoreOptions;
-  private readonly decoders: Semaphore;
 
   constructor(repo: Repository, blobs: readonly PlannedBlob[], windows: readonly Window[], options: RestoreOptions) {
     this.repo = repo;
     this.blobs = blobs;
     this.options = options;
-    this.decoders = new Semaphore(options.processMax);
     const seen = new Uint8Array(blobs.length);
     for (const window of windows) {
       for (const piece of window.pieces) {
@@ -272,21 +270,6 @@ class BlobSupply {
     void content.then((parts) => parts.forEach(freeNow), () => {});
   }
 
-  /** Ends the pooled decoders; fails if one holds an incomplete frame. */
-  async finish(): Promise<void> {
-    const decoders = [...this.idle.values()].flat();
-    this.idle.clear();
-    try {
-      for (const decoder of decoders) {
-        await decoder.finish().catch((error: unknown) => {
-          throw new PgarkError('INTEGRITY', `a blob fetched from the repository is damaged: ${(error as Error).message}`, { cause: error });
-        });
-      }
-    } finally {
-      for (const decoder of decoders) decoder.close();
-    }
-  }
-
   private fetch(state: RangeState): void {
     if (state.started) return;
     state.started = true;
@@ -309,39 +292,15 @@ class BlobSupply {
     const state = this.ranges[this.rangeOf[blob]!]!;
     this.fetch(state);
     const key = packKey(state.range.packId);
-    const dot = state.range.packId.indexOf('.');
-    // Decoders are pooled by codec and encryption (the pack id's suffix), and by size: a decoder
-    // that only ever decodes whole windows hands each one out as a buffer of its own, freed as
-    // soon as the window is written; one that decoded a shorter blob would split every later
-    // window across two of zlib's buffers, kept until the GC gets to them. Such a decoder is
-    // retired; small blobs share decoders of their own.
-    const large = planned.contentBytes >= LARGE_BLOB_BYTES;
-    const kind = `${dot < 0 ? '' : state.range.packId.slice(dot)}${large ? ' large' : ''}`;
     const content = (async (): Promise<Buffer[]> => {
       let data: Buffer | undefined;
       try {
         data = await state.data!;
         const stored = data.subarray(planned.offset - state.range.start, planned.offset - state.range.start + planned.length);
-        const release = await this.decoders.acquire();
-        const decoder = this.idle.get(kind)?.pop() ?? rangeDecoder(key, this.options.identities);
-        try {
-          // A blob stored with compression none decodes to a view of the fetched range: copied, so
-          // that the range can be freed as soon as its last blob is decoded, as for the others.
-          const decoded = (await decoder.decode(stored, planned)).map((part) => (part.buffer === data!.buffer ? Buffer.from(part) : part));
-          if (large && !decoder.aligned()) {
-            decoder.close();
-          } else {
-            const pool = this.idle.get(kind) ?? [];
-            this.idle.set(kind, pool);
-            pool.push(decoder);
-          }
-          return decoded;
-        } catch (error) {
-          decoder.close(); // unusable after a failure
-          throw error;
-        } finally {
-          release();
-        }
+        const parts = await this.options.decoders.decode(state.range.packId, stored, planned, planned.contentBytes >= LARGE_BLOB_BYTES);
+        // A blob stored with compression none decodes to a view of the fetched range: copied, so
+        // that the range can be freed as soon as its last blob is decoded, as for the others.
+        return parts.map((part) => (part.buffer === data!.buffer ? Buffer.from(part) : part));
       } finally {
         if (--state.undecoded === 0) {
           this.fetchedAhead -= state.range.end - state.range.start;
@@ -373,6 +332,64 @@ export function copyFromParts(parts: readonly Buffer[], from: number, length: nu
     partStart = partEnd;
   }
   return length === 0;
+}
+
+/**
+ * Decompression contexts shared by all batches of a restore (a context costs a zlib stream and
+ * its buffers: made per batch, they were a third of the CPU of restoring 100,000 small files).
+ * Pooled by codec and encryption (the pack id's suffix) and by size: a decoder that only ever
+ * decodes whole windows hands each one out as a buffer of its own, freed as soon as the window
+ * is written; one that decoded a shorter blob would split every later window across two of
+ * zlib's buffers, kept until the GC gets to them, so it is retired. Small blobs share decoders
+ * of their own. At most `parallel` decode at once.
+ */
+export class DecoderPool {
+  private readonly idle = new Map<string, RangeDecoder[]>();
+  private readonly slots: Semaphore;
+  private readonly identities: readonly string[];
+
+  constructor(identities: readonly string[], parallel: number) {
+    this.identities = identities;
+    this.slots = new Semaphore(parallel);
+  }
+
+  async decode(packId: string, stored: Buffer, blob: BlobRef, large: boolean): Promise<Buffer[]> {
+    const dot = packId.indexOf('.');
+    const kind = `${dot < 0 ? '' : packId.slice(dot)}${large ? ' large' : ''}`;
+    const release = await this.slots.acquire();
+    const decoder = this.idle.get(kind)?.pop() ?? rangeDecoder(packKey(packId), this.identities);
+    try {
+      const parts = await decoder.decode(stored, blob);
+      if (large && !decoder.aligned()) {
+        decoder.close();
+      } else {
+        const pool = this.idle.get(kind) ?? [];
+        this.idle.set(kind, pool);
+        pool.push(decoder);
+      }
+      return parts;
+    } catch (error) {
+      decoder.close(); // unusable after a failure
+      throw error;
+    } finally {
+      release();
+    }
+  }
+
+  /** Ends the pooled decoders; fails if one holds an incomplete frame. */
+  async finish(): Promise<void> {
+    const decoders = [...this.idle.values()].flat();
+    this.idle.clear();
+    try {
+      for (const decoder of decoders) {
+        await decoder.finish().catch((error: unknown) => {
+          throw new PgarkError('INTEGRITY', `a blob fetched from the repository is damaged: ${(error as Error).message}`, { cause: error });
+        });
+      }
+    } finally {
+      for (const decoder of decoders) decoder.close();
+    }
+  }
 }
 
 /** Restores a batch of files; resolves when all are written (not yet fsynced: see syncFilesystems). */
@@ -435,7 +452,6 @@ export async function restoreFiles(repo: Repository, files: readonly FileToResto
     }
     await Promise.all(writing);
     if (failure) throw failure.error;
-    await supply.finish();
     files.forEach((file, i) => {
       // A new file (O_TRUNC) is exactly as long as the windows written into it; an existing one
       // (delta) may be longer.
