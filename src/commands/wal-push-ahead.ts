@@ -11,11 +11,10 @@
  * steady write load the uploads start as soon as a segment is finished and the calls find
  * their marker at once.
  */
-import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { CommandContext } from '../cli/context.ts';
 import { requireSetting } from '../config/load.ts';
-import { isOutage, readyFiles, walFileInfo, type ReadyFile } from '../repo/push-ahead.ts';
+import { isOutage, readyFiles, walFileInfo, WalFileReader, type ReadyFile } from '../repo/push-ahead.ts';
 import { Repository } from '../repo/repository.ts';
 import { Spool } from '../repo/spool.ts';
 import { pushWalFile } from '../repo/wal-archive.ts';
@@ -64,10 +63,13 @@ async function pushLoop(ctx: CommandContext, repo: Repository, spool: Spool, wal
   const inFlight = new Map<string, Promise<void>>();
   let outage = false;
 
+  const reader = new WalFileReader();
   const push = async (file: ReadyFile, info: { size: number; mtimeMs: number }): Promise<void> => {
     const started = Date.now();
     try {
-      const outcome = await pushWalFile(repo, file.name, await readFile(file.path), ctx.signal);
+      const { content, release } = await reader.read(file.path);
+      const outcome = await pushWalFile(repo, file.name, content, ctx.signal);
+      release(); // stored: nothing reads the buffer any more (after a failure it is left to the GC: an aborted request might)
       await spool.markArchived(file.name, info);
       done.add(file.name);
       log.info(outcome === 'already-archived' ? `${file.name} was already archived with the same content` : `archived ${file.name}`, { ms: Date.now() - started });

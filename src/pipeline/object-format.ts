@@ -67,7 +67,12 @@ export async function decryptBuffer(stored: Readable | Buffer, identities: reado
   return collect(Buffer.isBuffer(stored) ? Readable.from([stored]) : stored, [createAgeDecryptStream([...identities])]);
 }
 
-export async function decodeBuffer(stored: Readable | Buffer, key: string, identities: readonly string[]): Promise<Buffer> {
+/**
+ * Decodes an in-memory object. `expectedSize`: the decoded size when known (a WAL segment):
+ * the decompressor then writes one buffer of that size instead of 1 MiB pieces joined by a
+ * copy — less CPU and half the memory churn for every segment fetched.
+ */
+export async function decodeBuffer(stored: Readable | Buffer, key: string, identities: readonly string[], expectedSize?: number): Promise<Buffer> {
   const codec = codecOfKey(key);
   if (codec === 'zstd' || codec === 'gzip' || codec === 'none') {
     let compressed: Buffer;
@@ -76,7 +81,7 @@ export async function decodeBuffer(stored: Readable | Buffer, key: string, ident
     } else {
       compressed = Buffer.isBuffer(stored) ? stored : await collect(stored, []);
     }
-    return decompressOneShot(compressed, codec);
+    return decompressOneShot(compressed, codec, expectedSize);
   }
   const source = Buffer.isBuffer(stored) ? Readable.from([stored]) : stored;
   return collect(source, await decodeStages(key, identities));
@@ -84,6 +89,8 @@ export async function decodeBuffer(stored: Readable | Buffer, key: string, ident
 
 /** Output chunk of the one-shot functions: zlib's 16 KiB default costs a callback per 16 KiB. */
 const ONE_SHOT_CHUNK = 1 << 20;
+/** The largest single output buffer asked for (WAL segments are at most 1 GiB). */
+const MAX_ONE_SHOT_CHUNK = (1 << 30) + 1;
 const zstdDecompressAsync = promisify(zstdDecompress);
 const gzipAsync = promisify(gzip);
 const gunzipAsync = promisify(gunzip);
@@ -101,12 +108,16 @@ async function compressOneShot(content: Buffer, codec: Codec, level: number | un
   }
 }
 
-async function decompressOneShot(content: Buffer, codec: 'zstd' | 'gzip' | 'none'): Promise<Buffer> {
+async function decompressOneShot(content: Buffer, codec: 'zstd' | 'gzip' | 'none', expectedSize: number | undefined): Promise<Buffer> {
+  // One byte more than expected: zlib then sees the end of the stream within the one buffer
+  // (an exactly full buffer makes it allocate a second one to find out). A wrong size only
+  // costs the join again.
+  const chunkSize = expectedSize !== undefined && expectedSize > 0 && expectedSize < MAX_ONE_SHOT_CHUNK ? expectedSize + 1 : ONE_SHOT_CHUNK;
   switch (codec) {
     case 'zstd':
-      return zstdDecompressAsync(content, { chunkSize: ONE_SHOT_CHUNK });
+      return zstdDecompressAsync(content, { chunkSize });
     case 'gzip':
-      return gunzipAsync(content, { chunkSize: ONE_SHOT_CHUNK });
+      return gunzipAsync(content, { chunkSize });
     case 'none':
       return content;
   }
