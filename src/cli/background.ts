@@ -42,11 +42,46 @@ export function spawnBackground(args: readonly string[], options: { env?: Record
 }
 
 /**
- * Makes sure a prefetcher (wal-prefetch) is running for `spool` after wal-fetch served
- * `after`: one that runs follows the position wal-fetch records, so a new one starts only when
- * none runs.
+ * The prefetcher (wal-prefetch) of `spool`, for a wal-fetch call: the returned function says
+ * whether one is running, and starts one (once) when none is — `after`, the file the call
+ * serves, is where it starts prefetching. A prefetcher that runs follows the position wal-fetch
+ * records and answers requests, so a new one starts only when none runs.
  */
-export async function ensurePrefetcher(spool: Spool, after: string, args: readonly string[], env: Record<string, string>): Promise<void> {
-  if (await spool.lockHolder('prefetch')) return;
-  spawnBackground(['wal-prefetch', after, ...args], { env, logFile: join(spool.root, 'wal-prefetch.log') });
+export function prefetcherOf(spool: Spool, after: string, args: readonly string[], env: Record<string, string>): () => Promise<boolean> {
+  let started: { exited: boolean } | undefined;
+  return async () => {
+    if (await spool.lockHolder('prefetch')) return true;
+    if (started) return !started.exited; // started, not holding the lock yet (or gone)
+    const child = spawnBackground(['wal-prefetch', after, ...args], { env, logFile: join(spool.root, 'wal-prefetch.log') });
+    const state = { exited: false };
+    child.on('exit', () => (state.exited = true));
+    child.on('error', () => (state.exited = true));
+    started = state;
+    return true;
+  };
+}
+
+/** How often a call starts a new pusher when the previous one ended without archiving its file. */
+const MAX_PUSHER_STARTS = 3;
+
+/**
+ * The background pusher (wal-push-ahead) of `spool`, for a wal-push call: the returned function
+ * says whether one is running, and starts one when none is (at most MAX_PUSHER_STARTS times per
+ * call, in case one ends without archiving the call's file).
+ */
+export function pusherOf(spool: Spool, walDirectory: string, args: readonly string[], env: Record<string, string>): () => Promise<boolean> {
+  let starts = 0;
+  let started: { exited: boolean } | undefined;
+  return async () => {
+    if (await spool.lockHolder('push')) return true;
+    if (started && !started.exited) return true; // started, not holding the lock yet
+    if (starts >= MAX_PUSHER_STARTS) return false;
+    starts++;
+    const child = spawnBackground(['wal-push-ahead', walDirectory, ...args], { env, logFile: join(spool.root, 'wal-push-ahead.log') });
+    const state = { exited: false };
+    child.on('exit', () => (state.exited = true));
+    child.on('error', () => (state.exited = true));
+    started = state;
+    return true;
+  };
 }

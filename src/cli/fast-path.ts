@@ -8,13 +8,15 @@
  * which loads and validates everything and handles every case; the fast path never fails a
  * call itself.
  */
-import { basename, dirname, resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { SETTINGS_BY_KEY, envNameOf } from '../config/settings.ts';
 import { parseWalFileName } from '../postgres/wal.ts';
 import { awaitPusher, inPushWindow, walFileInfo } from '../repo/push-ahead.ts';
+import { fetchThroughSpool } from '../repo/fetch-requests.ts';
 import { Spool } from '../repo/spool.ts';
 import { configureLogger, log } from '../util/log.ts';
-import { ensurePrefetcher } from './background.ts';
+import { prefetcherOf, pusherOf } from './background.ts';
 import { parseFastInvocation, readSpoolLocation, type FastInvocation, type SpoolLocation } from './spool-locator.ts';
 
 /** The exit status of the call, or undefined: take the normal path. */
@@ -28,7 +30,7 @@ export async function runFastPath(argv: readonly string[]): Promise<number | und
     configureLogger({ level: location.logLevel, format: location.logFormat, command: invocation.command });
     const spool = Spool.existing(location.spoolRoot);
     return invocation.command === 'wal-push'
-      ? await pushFromSpool(spool, location, invocation.positionals[0]!, started)
+      ? await pushFromSpool(spool, location, invocation.positionals[0]!, invocation.flags, started)
       : await fetchFromSpool(spool, location, invocation, started);
   } catch {
     return undefined;
@@ -36,19 +38,22 @@ export async function runFastPath(argv: readonly string[]): Promise<number | und
 }
 
 /** wal-push: the file's marker is there, or appears while the running pusher works on it. */
-async function pushFromSpool(spool: Spool, location: SpoolLocation, walArg: string, started: number): Promise<number | undefined> {
+async function pushFromSpool(spool: Spool, location: SpoolLocation, walArg: string, flags: readonly string[], started: number): Promise<number | undefined> {
   const walPath = resolve(walArg);
   const name = basename(walPath);
   if (!parseWalFileName(name)) return undefined;
   const file = await walFileInfo(walPath);
   if (!file) return undefined;
   if (!(await spool.isMarkedArchived(name, file))) {
-    if (location.pushAhead <= 0 || !(await spool.lockHolder('push'))) return undefined;
+    if (location.pushAhead <= 0 || !existsSync(join(spool.root, 'archived'))) return undefined;
     if (!(await inPushWindow(dirname(walPath), name, location.pushAhead))) return undefined;
+    // Usually the pusher runs and has the file in hand; the first call of a batch starts it
+    // here, without loading the configuration first (the pusher loads it anyway).
+    const { args, env } = childArguments(flags);
     const outcome = await awaitPusher(spool, name, file, {
       deadline: Date.now() + location.archiveTimeoutMs,
       since: performance.timeOrigin - 1000,
-      pusherRunning: async () => (await spool.lockHolder('push')) !== undefined,
+      pusherRunning: pusherOf(spool, dirname(walPath), args, env),
     });
     if (outcome.kind !== 'archived') return undefined; // a failure is reported by the normal path
   }
@@ -57,41 +62,33 @@ async function pushFromSpool(spool: Spool, location: SpoolLocation, walArg: stri
   return 0;
 }
 
-/** wal-fetch: the segment was prefetched into the spool. */
+/**
+ * wal-fetch: the file is in the spool (prefetched), or the running prefetcher gets it or says
+ * the archive does not have it (src/repo/fetch-requests.ts).
+ */
 async function fetchFromSpool(spool: Spool, location: SpoolLocation, invocation: FastInvocation, started: number): Promise<number | undefined> {
   const [name, destination] = invocation.positionals as [string, string];
-  if (parseWalFileName(name)?.kind !== 'segment') return undefined;
-  if (!(await takeWhenPrefetched(spool, name, resolve(destination)))) return undefined;
-  // The segment is in place: from here on the call succeeds, whatever else happens.
-  try {
-    await spool.setFetchPosition(name);
-    if (location.walPrefetch > 0) {
-      const { args, env } = childArguments(invocation.flags);
-      await ensurePrefetcher(spool, name, args, env);
+  const file = parseWalFileName(name);
+  if (!file || !existsSync(spool.fetchedPath(''))) return undefined; // no spool yet: the normal path makes it
+  const { args, env } = childArguments(invocation.flags);
+  const prefetcher = location.walPrefetch > 0 ? prefetcherOf(spool, name, args, env) : undefined;
+  const outcome = await fetchThroughSpool(spool, name, resolve(destination), prefetcher);
+  if (outcome === undefined) return undefined;
+  if (outcome === 'missing') {
+    log.debug(`${name} is not in the archive`);
+    return 1;
+  }
+  // The file is in place: from here on the call succeeds, whatever else happens.
+  if (file.kind === 'segment') {
+    try {
+      await spool.setFetchPosition(name);
+      await prefetcher?.();
+    } catch {
+      // the next call starts the prefetcher
     }
-  } catch {
-    // the next call starts the prefetcher
   }
   log.info(`restored ${name} (prefetched)`, { ms: Date.now() - started });
   return 0;
-}
-
-/** How long a call waits for a segment the prefetcher is downloading. */
-const PREFETCH_WAIT_MS = 30_000;
-
-/**
- * Moves the prefetched segment into place; if the prefetcher is downloading it right now, waits
- * for it rather than downloading it a second time. False: not in the spool (nor on its way).
- */
-async function takeWhenPrefetched(spool: Spool, name: string, target: string): Promise<boolean> {
-  const deadline = Date.now() + PREFETCH_WAIT_MS;
-  for (;;) {
-    if (await spool.takeFetched(name, target)) return true;
-    if (Date.now() > deadline || !(await spool.readPrefetching()).includes(name) || !(await spool.lockHolder('prefetch'))) {
-      return spool.takeFetched(name, target); // it may have arrived just now
-    }
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
 }
 
 /** Flags for a child pgark: secret settings move to its environment (a command line is visible in ps). */

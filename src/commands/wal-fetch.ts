@@ -12,23 +12,24 @@
 import { rename, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
-import { ensurePrefetcher } from '../cli/background.ts';
+import { prefetcherOf } from '../cli/background.ts';
 import type { CommandContext } from '../cli/context.ts';
 import { rememberSpoolLocation } from '../cli/spool-locator.ts';
 import { requireSetting } from '../config/load.ts';
 import { PgarkError } from '../errors.ts';
 import { requireWalFileName } from '../postgres/wal.ts';
+import { fetchThroughSpool } from '../repo/fetch-requests.ts';
 import { Repository } from '../repo/repository.ts';
 import { Spool } from '../repo/spool.ts';
 import { fetchWalFile } from '../repo/wal-archive.ts';
 import { log } from '../util/log.ts';
 
-/** Records `name` as replay's position and makes sure a prefetcher follows it. */
-async function prefetchAfter(ctx: CommandContext, spool: Spool, name: string): Promise<void> {
-  if (ctx.loaded.config['wal-prefetch'] <= 0) return;
+/** Records segment `name` as replay's position and makes sure a prefetcher follows it. */
+async function followedBy(spool: Spool, name: string, prefetcher: (() => Promise<boolean>) | undefined): Promise<void> {
+  if (!prefetcher) return;
   try {
     await spool.setFetchPosition(name);
-    await ensurePrefetcher(spool, name, ctx.forwardArgs, ctx.forwardEnv);
+    await prefetcher();
   } catch (error) {
     log.debug('could not start the prefetcher', { error: (error as Error).message });
   }
@@ -46,8 +47,14 @@ export async function run(ctx: CommandContext): Promise<number> {
     pushAhead: config['archive-push-ahead'], archiveTimeoutMs: config['archive-timeout'], walPrefetch: config['wal-prefetch'],
   });
 
-  if (file.kind === 'segment' && (await spool.takeFetched(name, target))) {
-    await prefetchAfter(ctx, spool, name);
+  const prefetcher = config['wal-prefetch'] > 0 ? prefetcherOf(spool, name, ctx.forwardArgs, ctx.forwardEnv) : undefined;
+  const outcome = await fetchThroughSpool(spool, name, target, prefetcher);
+  if (outcome === 'missing') {
+    log.debug(`${name} is not in the archive`);
+    return 1;
+  }
+  if (outcome === 'restored') {
+    if (file.kind === 'segment') await followedBy(spool, name, prefetcher);
     log.info(`restored ${name} (prefetched)`, { ms: Date.now() - started });
     return 0;
   }
@@ -74,7 +81,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     await rm(temp, { force: true });
     throw new PgarkError('STORAGE', `cannot write ${target}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
   }
-  if (file.kind === 'segment') await prefetchAfter(ctx, spool, name);
+  if (file.kind === 'segment') await followedBy(spool, name, prefetcher);
   log.info(`restored ${name}`, { ms: Date.now() - started });
   return 0;
 }

@@ -18,9 +18,9 @@
  * archive-push-ahead = 0 is uploaded by the call itself.
  */
 import { readFile } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, resolve } from 'node:path';
 import type { CommandContext } from '../cli/context.ts';
-import { spawnBackground } from '../cli/background.ts';
+import { pusherOf } from '../cli/background.ts';
 import { rememberSpoolLocation } from '../cli/spool-locator.ts';
 import { requireSetting } from '../config/load.ts';
 import { PgarkError } from '../errors.ts';
@@ -31,9 +31,6 @@ import { Spool } from '../repo/spool.ts';
 import { pushWalFile } from '../repo/wal-archive.ts';
 import { log } from '../util/log.ts';
 import { formatBytes } from '../util/units.ts';
-
-/** How often a call starts a new pusher when the previous one ended without archiving its file. */
-const MAX_PUSHER_STARTS = 3;
 
 async function requireWalFile(path: string): Promise<{ size: number; mtimeMs: number }> {
   const info = await walFileInfo(path);
@@ -100,24 +97,10 @@ export async function run(ctx: CommandContext): Promise<number> {
 
 /** Starts the background pusher when none runs, and waits for it to archive `name`. */
 async function waitForPusher(ctx: CommandContext, spool: Spool, walDirectory: string, name: string, file: { size: number; mtimeMs: number }): Promise<PusherOutcome> {
-  let starts = 0;
-  let child: { exited: boolean } | undefined;
-  const pusherRunning = async (): Promise<boolean> => {
-    if (await spool.lockHolder('push')) return true;
-    if (child && !child.exited) return true; // started, not holding the lock yet
-    if (starts >= MAX_PUSHER_STARTS) return false;
-    starts++;
-    const started = spawnBackground(['wal-push-ahead', walDirectory, ...ctx.forwardArgs], { env: ctx.forwardEnv, logFile: join(spool.root, 'wal-push-ahead.log') });
-    const state = { exited: false };
-    started.on('exit', () => (state.exited = true));
-    started.on('error', () => (state.exited = true));
-    child = state;
-    return true;
-  };
   return awaitPusher(spool, name, file, {
     deadline: Date.now() + ctx.loaded.config['archive-timeout'],
     since: performance.timeOrigin - 1000,
-    pusherRunning,
+    pusherRunning: pusherOf(spool, walDirectory, ctx.forwardArgs, ctx.forwardEnv),
   });
 }
 

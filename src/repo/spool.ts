@@ -8,7 +8,9 @@
  *   archived/NAME        marker: NAME is stored (size and mtime of the file uploaded)
  *   failed/NAME          why the background pusher could not archive NAME (for the call for NAME)
  *   fetched/NAME         a prefetched segment, verified
- *   fetch-position       the last segment wal-fetch served; prefetching: what is being downloaded
+ *   fetch-position       the last segment wal-fetch served
+ *   requests/NAME        a wal-fetch call asks the running prefetcher for NAME (content: a token)
+ *   answers/NAME         the prefetcher's "not in the archive" / "failed" for that token
  *   push.lock, prefetch.lock, wal-push-ahead.log, wal-prefetch.log   the background processes
  *   pgark.json           the repository description (cached), dropped.log (archive-queue-max)
  * and, in the default spool base, locators/ (src/cli/spool-locator.ts).
@@ -54,6 +56,17 @@ export interface PushFailure {
   exitCode: number;
   /** When it was recorded (ms since the epoch). */
   at: number;
+}
+
+/**
+ * The prefetcher's answer to a request it could not serve by storing the file in fetched/:
+ * `missing` — a listing of the archive that started after the request was read does not have
+ * it; `failed` — listing or downloading failed (the call then takes the normal path).
+ */
+export interface FetchAnswer {
+  token: string;
+  kind: 'missing' | 'failed';
+  message?: string;
 }
 
 export class Spool {
@@ -198,15 +211,6 @@ export class Spool {
     return true;
   }
 
-  /** The segments the prefetcher is downloading now (a wal-fetch call for one of them waits for it). */
-  async setPrefetching(names: readonly string[]): Promise<void> {
-    await this.writeAtomic('prefetching', names.join('\n'));
-  }
-
-  async readPrefetching(): Promise<string[]> {
-    return (await readFile(join(this.root, 'prefetching'), 'utf8').catch(() => '')).split('\n').filter(Boolean);
-  }
-
   /** The last segment wal-fetch served: the background prefetcher keeps the segments after it. */
   async setFetchPosition(name: string): Promise<void> {
     await this.writeAtomic('fetch-position', name);
@@ -223,8 +227,48 @@ export class Spool {
     }
   }
 
+  async hasFetched(name: string): Promise<boolean> {
+    return stat(this.fetchedPath(name)).then(() => true, () => false);
+  }
+
   async storeFetched(name: string, content: Buffer): Promise<void> {
     await this.writeAtomic(join('fetched', name), content);
+  }
+
+  // ---- wal-fetch: requests to the running prefetcher (see src/repo/fetch-requests.ts) ----
+
+  /** Asks the prefetcher for `name`; `token` identifies this request in the answer. */
+  async writeFetchRequest(name: string, token: string): Promise<void> {
+    for (const directory of ['requests', 'answers']) await mkdir(join(this.root, directory), { recursive: true, mode: 0o700 });
+    await this.writeAtomic(join('requests', name), token);
+  }
+
+  async readFetchRequest(name: string): Promise<string | undefined> {
+    return readFile(join(this.root, 'requests', name), 'utf8').catch(() => undefined);
+  }
+
+  /** Names with a pending request (temporary files of killed writes excluded). */
+  async fetchRequestNames(): Promise<string[]> {
+    return (await readdir(join(this.root, 'requests')).catch(() => [] as string[])).filter((entry) => !entry.includes('.tmp-'));
+  }
+
+  async writeFetchAnswer(name: string, answer: FetchAnswer): Promise<void> {
+    await mkdir(join(this.root, 'answers'), { recursive: true, mode: 0o700 });
+    await this.writeAtomic(join('answers', name), JSON.stringify(answer));
+  }
+
+  async readFetchAnswer(name: string): Promise<FetchAnswer | undefined> {
+    try {
+      return JSON.parse(await readFile(join(this.root, 'answers', name), 'utf8')) as FetchAnswer;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Removes the request for `name` and its answer (done by the call that made it, or by the prefetcher at exit). */
+  async clearFetchRequest(name: string): Promise<void> {
+    await rm(join(this.root, 'requests', name), { force: true });
+    await rm(join(this.root, 'answers', name), { force: true });
   }
 
   /** The PID of the live process holding lock `name`, if any. */

@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import { PgarkError } from '../errors.ts';
 import { decodeBuffer, encodeBuffer, isEncryptedKey, suffixOf } from '../pipeline/object-format.ts';
-import { checkSegmentHeader, requireWalFileName } from '../postgres/wal.ts';
+import { checkSegmentHeader, parseWalFileName, requireWalFileName } from '../postgres/wal.ts';
 import type { ObjectInfo } from '../storage/types.ts';
 import { parseWalObjectKey, WAL_PREFIX, walObjectKey, walObjectPrefix } from './layout.ts';
 import type { Repository } from './repository.ts';
@@ -71,8 +71,11 @@ function conflictError(name: string, stored: StoredWalObject[]): PgarkError {
   });
 }
 
-/** Fetches, decodes and verifies one WAL file; undefined when it is not in the archive. */
-export async function fetchWalFile(repo: Repository, name: string): Promise<Buffer | undefined> {
+/**
+ * The stored object of WAL file `name`, from a listing made now; undefined when the archive
+ * does not have it. Throws CONFLICT when it is stored with two different contents.
+ */
+export async function findStoredWal(repo: Repository, name: string): Promise<StoredWalObject | undefined> {
   requireWalFileName(name);
   const stored = await findStored(repo, name);
   if (stored.length === 0) return undefined;
@@ -82,7 +85,13 @@ export async function fetchWalFile(repo: Repository, name: string): Promise<Buff
       hint: 'the archive holds WAL from two diverged servers; restore from a backup of the right one, or remove the wrong copy after checking `pgark wal-verify`',
     });
   }
-  return readStoredWal(repo, stored[0]!);
+  return stored[0]!;
+}
+
+/** Fetches, decodes and verifies one WAL file; undefined when it is not in the archive. */
+export async function fetchWalFile(repo: Repository, name: string): Promise<Buffer | undefined> {
+  const stored = await findStoredWal(repo, name);
+  return stored && readStoredWal(repo, stored);
 }
 
 /** Downloads and verifies one stored WAL object. */
@@ -90,7 +99,9 @@ export async function readStoredWal(repo: Repository, object: { key: string; nam
   const identities = isEncryptedKey(object.key) ? await repo.identities(`WAL file ${object.name}`) : [];
   let content: Buffer;
   try {
-    content = await decodeBuffer(await repo.storage.get(object.key), object.key, identities);
+    const kind = parseWalFileName(object.name)?.kind;
+    const expectedSize = kind === 'segment' || kind === 'partial' ? repo.identity?.postgres.walSegmentSize : undefined;
+    content = await decodeBuffer(await repo.storage.get(object.key), object.key, identities, expectedSize);
   } catch (error) {
     if (error instanceof PgarkError) throw error;
     throw new PgarkError('INTEGRITY', `${object.name} in the archive is damaged: ${(error as Error).message}`, { cause: error });

@@ -6,14 +6,16 @@
 //   - a fetched file is byte-identical to what PostgreSQL archived;
 //   - prefetch: after a fetch the next segments appear in spool/<hash>/fetched/, later fetches
 //     are served from there (byte-identical), the spool never holds more than wal-prefetch
-//     files and is emptied as replay proceeds (also when replay jumps ahead).
+//     files and is emptied as replay proceeds (also when replay jumps ahead);
+//   - calls ask the running prefetcher; its "not in the archive" is never stale: the segment
+//     after the end of the archive is found as soon as it is archived.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { createCluster } from '../support/postgres.ts';
 import {
-  Cleanup, createWalRepo, insertRows, mkdirTestUser, scratchDir, sleep, stopPrefetchers, switchWal, waitArchived, waitFor,
+  Cleanup, createWalRepo, findProcesses, insertRows, mkdirTestUser, scratchDir, sleep, stopPrefetchers, switchWal, waitArchived, waitFor,
 } from '../support/wal.ts';
 
 const PREFETCH = 4;
@@ -126,6 +128,36 @@ test('wal-fetch: missing files, name validation, byte-identical files, bounded p
     await stopPrefetchers(repo.configPath);
     return repo.fetchedFiles(true).length === 0;
   }, 30_000, () => `fetched/: ${repo.fetchedFiles(true).join(' ')}`);
+  // ---- a "missing" from the running prefetcher is never remembered ----
+  // Calls ask the running prefetcher, which answers "missing" only from a listing it made after
+  // the request. So while probes keep it running, the segment after the end of the archive is
+  // found as soon as it is archived: no probe may be answered from an earlier "not found".
+  const prefetchLog = () => fs.readFileSync(path.join(repo.spoolRoot, 'wal-prefetch.log'), 'utf8');
+  assert.match(prefetchLog(), new RegExp(`${afterEnd} is not in the archive \\(answered a request\\)`), 'the end-of-archive probe was answered by the prefetcher');
+  await c.start();
+  await insertRows(c, 900_001, 1500);
+  const archiving = (async () => waitArchived(c, await switchWal(c)))();
+  let found: Awaited<ReturnType<typeof fetch>> | undefined;
+  let probes = 0;
+  const prefetchers = new Set<number>();
+  for (const end = Date.now() + 120_000; Date.now() < end;) {
+    const probe = await fetch(afterEnd);
+    probes++;
+    for (const pid of findProcesses('wal-prefetch', repo.configPath)) prefetchers.add(pid);
+    if (probe.code === 0) {
+      found = probe;
+      break;
+    }
+    assert.equal(probe.code, 1, probe.stderr);
+    await sleep(200);
+  }
+  await archiving;
+  assert.ok(found, `${afterEnd} found once archived (${probes} probes)`);
+  assert.ok(found.content?.equals(original(afterEnd)), `${afterEnd} fetched byte-identical after earlier "missing" answers`);
+  t.diagnostic(`${afterEnd}: ${probes} probes until archived, prefetcher pid(s) ${[...prefetchers].join(' ')}`);
+  await c.stop();
+  await stopPrefetchers(repo.configPath);
+
   sampling = false;
   await sampler;
   assert.ok(maxSpool <= PREFETCH, `the spool never held more than wal-prefetch (${PREFETCH}) segments: max ${maxSpool}`);
