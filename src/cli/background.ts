@@ -41,6 +41,15 @@ export function spawnBackground(args: readonly string[], options: { env?: Record
   }
 }
 
+/** Starts a background pgark command; the returned state says once it has exited (or failed to start). */
+function startTracked(args: readonly string[], env: Record<string, string>, logFile: string): { exited: boolean } {
+  const child = spawnBackground(args, { env, logFile });
+  const state = { exited: false };
+  child.on('exit', () => (state.exited = true));
+  child.on('error', () => (state.exited = true));
+  return state;
+}
+
 /**
  * The prefetcher (wal-prefetch) of `spool`, for a wal-fetch call: the returned function says
  * whether one is running, and starts one (once) when none is — `after`, the file the call
@@ -52,11 +61,7 @@ export function prefetcherOf(spool: Spool, after: string, args: readonly string[
   return async () => {
     if (await spool.lockHolder('prefetch')) return true;
     if (started) return !started.exited; // started, not holding the lock yet (or gone)
-    const child = spawnBackground(['wal-prefetch', after, ...args], { env, logFile: join(spool.root, 'wal-prefetch.log') });
-    const state = { exited: false };
-    child.on('exit', () => (state.exited = true));
-    child.on('error', () => (state.exited = true));
-    started = state;
+    started = startTracked(['wal-prefetch', after, ...args], env, join(spool.root, 'wal-prefetch.log'));
     return true;
   };
 }
@@ -77,11 +82,7 @@ export function pusherOf(spool: Spool, walDirectory: string, args: readonly stri
     if (started && !started.exited) return true; // started, not holding the lock yet
     if (starts >= MAX_PUSHER_STARTS) return false;
     starts++;
-    const child = spawnBackground(['wal-push-ahead', walDirectory, ...args], { env, logFile: join(spool.root, 'wal-push-ahead.log') });
-    const state = { exited: false };
-    child.on('exit', () => (state.exited = true));
-    child.on('error', () => (state.exited = true));
-    started = state;
+    started = startTracked(['wal-push-ahead', walDirectory, ...args], env, join(spool.root, 'wal-push-ahead.log'));
     return true;
   };
 }

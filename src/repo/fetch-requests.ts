@@ -8,9 +8,7 @@
  * own listing would be) or "failed". Whenever the prefetcher cannot answer (not running, died,
  * failed, too slow), the outcome is undefined and the call fetches the file itself.
  */
-import { watch, type FSWatcher } from 'node:fs';
-import { join } from 'node:path';
-import { tempSuffix, type Spool } from './spool.ts';
+import { SpoolWatcher, tempSuffix, type Spool } from './spool.ts';
 
 export type SpoolFetchOutcome = 'restored' | 'missing';
 
@@ -33,17 +31,7 @@ export async function fetchThroughSpool(
   if (!prefetcher || !(await prefetcher())) return undefined;
   const token = tempSuffix();
   await spool.writeFetchRequest(name, token);
-  let wake: () => void = () => {};
-  const watchers: FSWatcher[] = [];
-  for (const directory of ['fetched', 'answers']) {
-    try {
-      const watcher = watch(join(spool.root, directory), { persistent: false }, () => wake());
-      watcher.on('error', () => {});
-      watchers.push(watcher);
-    } catch {
-      // no inotify: polling only
-    }
-  }
+  const watcher = new SpoolWatcher(spool, ['fetched', 'answers']);
   const deadline = Date.now() + REQUEST_WAIT_MS;
   try {
     for (;;) {
@@ -53,16 +41,10 @@ export async function fetchThroughSpool(
       if (Date.now() > deadline || !(await prefetcher())) {
         return (await spool.takeFetched(name, target)) ? 'restored' : undefined; // it may have arrived just now
       }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, POLL_MS);
-        wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
+      await watcher.pause(POLL_MS);
     }
   } finally {
-    for (const watcher of watchers) watcher.close();
+    watcher.close();
     await spool.clearFetchRequest(name).catch(() => {});
   }
 }

@@ -7,12 +7,11 @@
  * exit 0 it renames .ready to .done. The pusher works on a window of the first
  * archive-push-ahead + 1 ready files, so the file PostgreSQL is asking for is always in it.
  */
-import { watch } from 'node:fs';
 import { open, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PgarkError } from '../errors.ts';
 import { parseWalFileName } from '../postgres/wal.ts';
-import type { PushFailure, Spool } from './spool.ts';
+import { SpoolWatcher, type PushFailure, type Spool } from './spool.ts';
 
 /** Errors that say the store is unavailable (as opposed to refusing this particular file). */
 export function isOutage(error: unknown): error is PgarkError {
@@ -62,14 +61,7 @@ export async function awaitPusher(
   file: { size: number; mtimeMs: number },
   options: { deadline: number; since: number; pusherRunning: () => Promise<boolean> },
 ): Promise<PusherOutcome> {
-  let wake: () => void = () => {};
-  let watcher: ReturnType<typeof watch> | undefined;
-  try {
-    watcher = watch(join(spool.root, 'archived'), { persistent: false }, () => wake());
-    watcher.on('error', () => {});
-  } catch {
-    // no inotify: polling only
-  }
+  const watcher = new SpoolWatcher(spool, ['archived']);
   try {
     for (;;) {
       if (await spool.isMarkedArchived(name, file)) return { kind: 'archived' };
@@ -84,16 +76,10 @@ export async function awaitPusher(
         return (await spool.isMarkedArchived(name, file)) ? { kind: 'archived' } : { kind: 'stopped' };
       }
       if (Date.now() > options.deadline) return { kind: 'timeout' };
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, POLL_MS);
-        wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
+      await watcher.pause(POLL_MS);
     }
   } finally {
-    watcher?.close();
+    watcher.close();
   }
 }
 

@@ -469,10 +469,10 @@ export async function restoreFiles(repo: Repository, files: readonly FileToResto
 }
 
 /**
- * Writes up to this size are made from the main thread. Restores of many small files, and of
- * incrementals whose extents are a few blocks each, are mostly such writes; for them a round
- * trip through libuv's thread pool and a promise cost several times the pwrite into the page
- * cache. Larger writes go through the pool and overlap with decoding.
+ * Writes up to this size are made from the main thread. Restores of many small files are mostly
+ * such writes (one window per file); for them a round trip through libuv's thread pool and a
+ * promise cost several times the pwrite into the page cache. Larger writes (windows not written
+ * direct) go through the pool and overlap with decoding.
  */
 const SYNC_WRITE_MAX = 256 * 1024;
 const writeAsync = promisify(write);

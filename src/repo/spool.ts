@@ -15,7 +15,7 @@
  *   pgark.json           the repository description (cached), dropped.log (archive-queue-max)
  * and, in the default spool base, locators/ (src/cli/spool-locator.ts).
  */
-import { accessSync, constants, mkdirSync } from 'node:fs';
+import { accessSync, constants, mkdirSync, watch, type FSWatcher } from 'node:fs';
 import { appendFile, copyFile, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -309,5 +309,41 @@ function processAlive(pid: number): boolean {
     return true;
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Waiting for the spool to change: pause(ms) ends after `ms`, or at once when a file appears in
+ * or leaves one of `directories` (inotify through fs.watch; where that is unavailable, the
+ * pause simply runs its length: polling).
+ */
+export class SpoolWatcher {
+  private readonly watchers: FSWatcher[] = [];
+  private wake: () => void = () => {};
+
+  constructor(spool: Spool, directories: readonly string[]) {
+    for (const directory of directories) {
+      try {
+        const watcher = watch(join(spool.root, directory), { persistent: false }, () => this.wake());
+        watcher.on('error', () => {});
+        this.watchers.push(watcher);
+      } catch {
+        // no inotify: polling only
+      }
+    }
+  }
+
+  pause(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  close(): void {
+    for (const watcher of this.watchers) watcher.close();
   }
 }
