@@ -38,19 +38,14 @@ BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"
 . "$BENCH_DIR/lib/env.sh"; . "$BENCH_DIR/lib/services.sh"; . "$BENCH_DIR/lib/measure.sh"
 
 QUICK=0; ONLY="pgbench,realistic,manyrel"; PHASES="full,incr"; KEEP=0; RUNS_ARG=""; VARIANTS_ARG=""
-while [ $# -gt 0 ]; do
+bench_option() {
   case $1 in
-    --quick) QUICK=1 ;;
-    --only) ONLY=$2; shift ;;
-    --phases) PHASES=$2; shift ;;
-    --runs) RUNS_ARG=$2; shift ;;
-    --variants) VARIANTS_ARG=$2; shift ;;
-    --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument $1 (see --help)" ;;
+    --phases) PHASES=$2 ;;
+    --variants) VARIANTS_ARG=$2 ;;
+    *) return 1 ;;
   esac
-  shift
-done
+}
+parse_bench_args "$@"
 ALL_VARIANTS="pgark-file pgbr-posix-zst pgbr-posix-lz4 pgbr-posix-block pgark-s3 pgbr-s3-zst pgbr-s3-lz4 barman-s3"
 if [ "$QUICK" = 1 ]; then
   BK_SCALE=${BK_SCALE:-10}; BK_ROWS=${BK_ROWS:-200000}; RUNS=${RUNS_ARG:-2}

@@ -24,18 +24,13 @@ BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"
 . "$BENCH_DIR/lib/env.sh"; . "$BENCH_DIR/lib/services.sh"; . "$BENCH_DIR/lib/measure.sh"
 
 QUICK=0; ONLY="codec,s3,big,startup"; DATASET="${DATASET:-realistic}"; KEEP=0; RUNS_ARG=""
-while [ $# -gt 0 ]; do
+bench_option() {
   case $1 in
-    --quick) QUICK=1 ;;
-    --only) ONLY=$2; shift ;;
-    --runs) RUNS_ARG=$2; shift ;;
-    --dataset) DATASET=$2; shift ;;
-    --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument $1 (see --help)" ;;
+    --dataset) DATASET=$2 ;;
+    *) return 1 ;;
   esac
-  shift
-done
+}
+parse_bench_args "$@"
 MiB=1048576; GiB=1073741824
 if [ "$QUICK" = 1 ]; then
   SIZE=${SIZE:-$((256 * MiB))}; BIG_SIZE=${BIG_SIZE:-$GiB}; RUNS=${RUNS_ARG:-2}; STARTUP_N=${STARTUP_N:-5}

@@ -29,17 +29,7 @@ BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"
 . "$BENCH_DIR/lib/env.sh"; . "$BENCH_DIR/lib/services.sh"; . "$BENCH_DIR/lib/measure.sh"
 
 QUICK=0; ONLY="push,calls,live,replay"; KEEP=0; RUNS_ARG=""
-while [ $# -gt 0 ]; do
-  case $1 in
-    --quick) QUICK=1 ;;
-    --only) ONLY=$2; shift ;;
-    --runs) RUNS_ARG=$2; shift ;;
-    --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument $1 (see --help)" ;;
-  esac
-  shift
-done
+parse_bench_args "$@"
 if [ "$QUICK" = 1 ]; then
   WALSEGS=${WALSEGS:-20}; RUNS=${RUNS_ARG:-2}; LIVE_T=${LIVE_T:-20}; CALLS_N=${CALLS_N:-5}; RES_NAME=${RES_NAME:-wal-archive-quick}
 else

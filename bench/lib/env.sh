@@ -66,6 +66,25 @@ export RUNS="${RUNS:-3}"
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+# parse_bench_args "$@" — the options every benchmark script takes: --quick, --only LIST, --runs N, --keep,
+# -h/--help (prints the script's header comment) into QUICK, ONLY, RUNS_ARG, KEEP (set their defaults first).
+# A script with options of its own (each taking a value) defines bench_option NAME VALUE: it sets the value
+# and returns 0, or returns 1 for a name it does not know.
+parse_bench_args() {
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --quick) QUICK=1 ;;
+      --only) ONLY=$2; shift ;;
+      --runs) RUNS_ARG=$2; shift ;;
+      --keep) KEEP=1 ;;
+      -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+      *) if declare -F bench_option >/dev/null && [ $# -gt 1 ] && bench_option "$1" "$2"; then shift
+         else die "unknown argument, or one without its value: $1 (see --help)"; fi ;;
+    esac
+    shift
+  done
+}
 pidalive() { [ -f "$1" ] && kill -0 "$(head -1 "$1")" 2>/dev/null; }
 
 # as_pg CMD... — run as the postgres OS user with the environment above ($AS_PG: the same as an argv prefix)
