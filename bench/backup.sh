@@ -144,17 +144,7 @@ ensure_dataset() {  # ensure_dataset NAME: the cluster exists with the data set'
       pgbench)
         as_pg pgbench -i -q -s "$BK_SCALE" postgres >"$LOGDIR/pgbench-init-$1.log" 2>&1 || die "pgbench -i failed" ;;
       realistic)
-        local pq=(psql -X -q -At -v ON_ERROR_STOP=1 -d postgres) half=$((BK_ROWS / 2)) p1 p2
-        as_pg "${pq[@]}" -f "$BENCH_DIR/sql/realistic-schema.sql" >/dev/null
-        as_pg "${pq[@]}" -v tbl=realistic.events -v lo=1 -v hi=$half -f "$BENCH_DIR/sql/realistic-insert.sql" & p1=$!
-        as_pg "${pq[@]}" -v tbl=realistic.events -v lo=$((half + 1)) -v hi=$BK_ROWS -f "$BENCH_DIR/sql/realistic-insert.sql" & p2=$!
-        wait $p1; wait $p2
-        as_pg "${pq[@]}" -c "set maintenance_work_mem='1GB'" -c "create index events_attrs_gin on realistic.events using gin (attrs)" & p1=$!
-        as_pg "${pq[@]}" -c "set maintenance_work_mem='512MB'" -c "alter table realistic.events add constraint events_pkey primary key (id)" \
-          -c "create index events_account_created_idx on realistic.events (account_id, created_at)" \
-          -c "create index events_ref_idx on realistic.events (ref)" & p2=$!
-        wait $p1; wait $p2
-        as_pg "${pq[@]}" -c "vacuum (freeze, analyze) realistic.events" ;;
+        load_realistic postgres "$BK_ROWS" ;;
       manyrel)
         # one transaction per 1,000 tables (a single one would need max_locks_per_transaction ~ 100,000)
         psqlc "create schema manyrel"
@@ -238,19 +228,7 @@ EOF
           echo "[global]"
           case $v in
             pgbr-posix-*) echo "repo1-type=posix"; echo "repo1-path=$BK_REPOS/$v" ;;
-            pgbr-s3-*) cat <<EOF
-repo1-type=s3
-repo1-path=/$v
-repo1-s3-bucket=$BUCKET_PGBR
-repo1-s3-endpoint=127.0.0.1
-repo1-storage-port=$RGW_TLS_PORT
-repo1-s3-region=us-east-1
-repo1-s3-key=$AWS_ACCESS_KEY_ID
-repo1-s3-key-secret=$AWS_SECRET_ACCESS_KEY
-repo1-s3-uri-style=path
-repo1-storage-verify-tls=n
-EOF
-            ;;
+            pgbr-s3-*) pgbr_s3_repo_lines "/$v" ;;
           esac
           case $v in *-lz4) echo "compress-type=lz4" ;; *) echo "compress-type=zst"; echo "compress-level=3" ;; esac
           [ "$v" = pgbr-posix-block ] && printf 'beta=y\nrepo1-bundle=y\nrepo1-block=y\n'

@@ -78,17 +78,7 @@ dataset() {
       if [ "$(as_pg psql -X -At -d $db -c "select to_regclass('realistic.events') is not null and exists (select 1 from pg_indexes where indexname='events_attrs_gin')")" != t ]; then
         log "loading $REAL_ROWS realistic rows into $db (2 sessions), then 4 indexes (~2-3 min)"
         set_archive_command '/bin/true'
-        local pq=(psql -X -q -At -v ON_ERROR_STOP=1 -d $db) half=$((REAL_ROWS / 2)) p1 p2
-        as_pg "${pq[@]}" -c "drop schema if exists realistic cascade" -f "$BENCH_DIR/sql/realistic-schema.sql" >/dev/null
-        as_pg "${pq[@]}" -v tbl=realistic.events -v lo=1 -v hi=$half -f "$BENCH_DIR/sql/realistic-insert.sql" & p1=$!
-        as_pg "${pq[@]}" -v tbl=realistic.events -v lo=$((half + 1)) -v hi=$REAL_ROWS -f "$BENCH_DIR/sql/realistic-insert.sql" & p2=$!
-        wait $p1; wait $p2
-        as_pg "${pq[@]}" -c "set maintenance_work_mem='1GB'" -c "create index events_attrs_gin on realistic.events using gin (attrs)" & p1=$!
-        as_pg "${pq[@]}" -c "set maintenance_work_mem='512MB'" -c "alter table realistic.events add constraint events_pkey primary key (id)" \
-          -c "create index events_account_created_idx on realistic.events (account_id, created_at)" \
-          -c "create index events_ref_idx on realistic.events (ref)" & p2=$!
-        wait $p1; wait $p2
-        as_pg "${pq[@]}" -c "vacuum (freeze, analyze) realistic.events" -c "checkpoint"
+        load_realistic "$db" "$REAL_ROWS"
       fi ;;
     pgbench)
       db=pgbench70

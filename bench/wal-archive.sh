@@ -147,16 +147,7 @@ done
 
 cat >"$PGBR_CONF" <<EOF
 [global]
-repo1-type=s3
-repo1-path=/repo
-repo1-s3-bucket=$BUCKET_PGBR
-repo1-s3-endpoint=127.0.0.1
-repo1-storage-port=$RGW_TLS_PORT
-repo1-s3-region=us-east-1
-repo1-s3-key=$AWS_ACCESS_KEY_ID
-repo1-s3-key-secret=$AWS_SECRET_ACCESS_KEY
-repo1-s3-uri-style=path
-repo1-storage-verify-tls=n
+$(pgbr_s3_repo_lines /repo)
 repo1-retention-full=9999
 compress-type=zst
 archive-async=n

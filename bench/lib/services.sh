@@ -208,3 +208,35 @@ rgw_parts() {
       if (ce > cs) busy += ce - cs
       printf "%d parts: %s; max %d in flight, a part in flight %.0f %% of %.1f s\n", m, out, peak, (hi > lo ? 100 * busy / (hi - lo) : 100), hi - lo }'
 }
+
+# pgbr_s3_repo_lines PATH — pgBackRest's repo1 settings for the RGW bucket (through stunnel: 2.45 speaks only https)
+pgbr_s3_repo_lines() {
+  cat <<EOF
+repo1-type=s3
+repo1-path=$1
+repo1-s3-bucket=$BUCKET_PGBR
+repo1-s3-endpoint=127.0.0.1
+repo1-storage-port=$RGW_TLS_PORT
+repo1-s3-region=us-east-1
+repo1-s3-key=$AWS_ACCESS_KEY_ID
+repo1-s3-key-secret=$AWS_SECRET_ACCESS_KEY
+repo1-s3-uri-style=path
+repo1-storage-verify-tls=n
+EOF
+}
+
+# load_realistic DB ROWS — the realistic data set (sql/realistic-*.sql) into DB, replacing an earlier one: rows
+# inserted by 2 sessions, then the 4 indexes built 2 at a time, vacuum freeze + analyze and a checkpoint
+load_realistic() {
+  local pq=(psql -X -q -At -v ON_ERROR_STOP=1 -d "$1") half=$(($2 / 2)) p1 p2
+  as_pg "${pq[@]}" -c "set client_min_messages = warning" -c "drop schema if exists realistic cascade" -f "$BENCH_DIR/sql/realistic-schema.sql" >/dev/null
+  as_pg "${pq[@]}" -v tbl=realistic.events -v lo=1 -v hi=$half -f "$BENCH_DIR/sql/realistic-insert.sql" & p1=$!
+  as_pg "${pq[@]}" -v tbl=realistic.events -v lo=$((half + 1)) -v hi="$2" -f "$BENCH_DIR/sql/realistic-insert.sql" & p2=$!
+  wait $p1; wait $p2
+  as_pg "${pq[@]}" -c "set maintenance_work_mem='1GB'" -c "create index events_attrs_gin on realistic.events using gin (attrs)" & p1=$!
+  as_pg "${pq[@]}" -c "set maintenance_work_mem='512MB'" -c "alter table realistic.events add constraint events_pkey primary key (id)" \
+    -c "create index events_account_created_idx on realistic.events (account_id, created_at)" \
+    -c "create index events_ref_idx on realistic.events (ref)" & p2=$!
+  wait $p1; wait $p2
+  as_pg "${pq[@]}" -c "vacuum (freeze, analyze) realistic.events" -c "checkpoint"
+}
