@@ -16,10 +16,11 @@
 #             another incremental. Before each change the relation files' pages are hashed; after it (and a
 #             CHECKPOINT) the pages that really changed are counted and compressed with zstd-3 (lib/pagemap.mjs):
 #             the physical floor. Each incremental is restored and checked like a full one.
-# Tools (variants): pgark-file (file:// repo on disk, defaults: zstd-3, process-max 4), pgbr-posix-zst,
-#   pgbr-posix-lz4 (process-max 2), pgbr-posix-block (zst + repo1-bundle + repo1-block, 2.45's beta block
+# Tools (variants): pgark-file (file:// repo on disk, defaults: backup data zstd-1, WAL zstd-3, process-max 4),
+#   pgbr-posix-zst, pgbr-posix-lz4 (process-max 2), pgbr-posix-block (zst + repo1-bundle + repo1-block, 2.45's beta block
 #   incremental), pgark-s3, pgbr-s3-zst, pgbr-s3-lz4 (RGW through stunnel TLS), barman-s3 (barman-cloud-backup
-#   -J 2, no compression; no incremental). Rounds alternate the tools (order reversed every other round);
+#   -J 2, no compression; no incremental). Optional, not in the default lists: pgbr-posix-zst1 and pgbr-s3-zst1
+#   (pgBackRest at zst level 1, the level pgark uses for backup data: the same-level comparison). Rounds alternate the tools (order reversed every other round);
 #   before each round the repositories are emptied (so every round starts from a full backup).
 # During each tool's backups archive_command is that tool's own WAL push into its own repository; while the
 # data is changed it is /bin/true (WAL archiving is measured by wal-archive.sh, not here).
@@ -183,11 +184,16 @@ pgdata_bytes() { du -sb --exclude=pg_wal "$PGDATA" | cut -f1; }
 # ---------------------------------------------------------------------------------------------
 # tools
 side_of() { case $1 in pgark*) echo pgark ;; *) echo peer ;; esac; }
+# pgark runs with its defaults (the configs below set no compression or process-max): src/pipeline/codec.ts
+# BACKUP_DATA_DEFAULT_LEVEL / DEFAULT_LEVEL, src/config/settings.ts process-max.
+PGARK_DEFAULTS_LABEL="zstd-1, WAL zstd-3, process-max 4"
 label() {
   case $1 in
-    pgark-file) echo "pgark, file repo (zstd-3, process-max 4)" ;;
-    pgark-s3) echo "pgark, S3 (zstd-3, process-max 4)" ;;
+    pgark-file) echo "pgark, file repo ($PGARK_DEFAULTS_LABEL)" ;;
+    pgark-s3) echo "pgark, S3 ($PGARK_DEFAULTS_LABEL)" ;;
     pgbr-posix-zst) echo "pgBackRest posix, zst-3, process-max 2" ;;
+    pgbr-posix-zst1) echo "pgBackRest posix, zst-1, process-max 2" ;;
+    pgbr-s3-zst1) echo "pgBackRest S3, zst-1, process-max 2" ;;
     pgbr-posix-lz4) echo "pgBackRest posix, lz4, process-max 2" ;;
     pgbr-posix-block) echo "pgBackRest posix, zst-3, pm 2, bundle+block incr (beta)" ;;
     pgbr-s3-zst) echo "pgBackRest S3, zst-3, process-max 2" ;;
@@ -230,7 +236,7 @@ EOF
             pgbr-posix-*) echo "repo1-type=posix"; echo "repo1-path=$BK_REPOS/$v" ;;
             pgbr-s3-*) pgbr_s3_repo_lines "/$v" ;;
           esac
-          case $v in *-lz4) echo "compress-type=lz4" ;; *) echo "compress-type=zst"; echo "compress-level=3" ;; esac
+          case $v in *-lz4) echo "compress-type=lz4" ;; *-zst1) echo "compress-type=zst"; echo "compress-level=1" ;; *) echo "compress-type=zst"; echo "compress-level=3" ;; esac
           [ "$v" = pgbr-posix-block ] && printf 'beta=y\nrepo1-bundle=y\nrepo1-block=y\n'
           cat <<EOF
 repo1-retention-full=9999

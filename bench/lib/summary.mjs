@@ -10,7 +10,7 @@ const { sections, meta } = JSON.parse(readFileSync(join(resultsDir, `${name}.jso
 const f2 = (x) => (x === undefined || x === null || Number.isNaN(x) ? '—' : x >= 10 ? x.toFixed(1) : x.toFixed(2));
 const mb = (b) => (b === undefined ? '—' : b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : `${(b / 1e6).toFixed(1)} MB`);
 const short = (tool) => tool
-  .replace(/^pgark, (file repo|S3) \(zstd-3, process-max 4\)$/, 'pgark')
+  .replace(/^pgark, (file repo|S3) \(.*\)$/, 'pgark')
   .replace(/^pgBackRest (posix|S3), /, 'pgBackRest ').replace(', process-max 2', '').replace(', pm 2, bundle+block incr (beta)', ' block')
   .replace(/^barman-cloud S3 \(no compression, -J 2\)$/, 'barman-cloud');
 

@@ -148,7 +148,8 @@ export async function run(ctx: CommandContext): Promise<number> {
       blockSize,
       encoders: new Semaphore(config['process-max']),
       buffers: new BufferPool(BLOCKS_PER_BLOB * blockSize, 2 * maxInFlight + config['process-max']),
-      format,
+      // The blobs of relation data: a faster default level than the manifest's (codec.ts).
+      format: await repo.writeFormat('backup data'),
       packs,
       baseStartLsn: base ? Number(parseLsn(base.startLsn)) : undefined,
       verifyChecksumsBefore: dataChecksums ? Number(startLsn) : undefined,

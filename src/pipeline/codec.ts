@@ -10,7 +10,18 @@ export type Codec = 'zstd' | 'lz4' | 'gzip' | 'none';
 
 export const CODEC_EXTENSION: Record<Codec, string> = { zstd: '.zst', lz4: '.lz4', gzip: '.gz', none: '' };
 
+/** Levels when `compression-level` is not set: WAL, manifests and everything but backup data. */
 export const DEFAULT_LEVEL: Record<Codec, number | undefined> = { zstd: 3, gzip: 6, lz4: undefined, none: undefined };
+
+/**
+ * Levels for backup data (the blobs of relation pages) when `compression-level` is not set.
+ * zstd 1 instead of 3: on 1 MiB blobs of PostgreSQL pages it compresses about 1.5 times
+ * faster (323 against 211 MB/s on the realistic data set, where the ratio is 2.47 against
+ * 2.49, 0.8 % more bytes) and as fast or faster on pgbench tables, which it even compresses
+ * better (42.4:1 against 41.1:1). A full backup is CPU-bound on compression. WAL keeps 3:
+ * level 1 stores it 8.8:1 instead of 10.2:1.
+ */
+export const BACKUP_DATA_DEFAULT_LEVEL: Record<Codec, number | undefined> = { ...DEFAULT_LEVEL, zstd: 1 };
 
 /** Chunk size handed to the compressors: large enough to amortise per-call overhead. */
 const ZLIB_CHUNK = 256 * 1024;

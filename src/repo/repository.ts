@@ -7,6 +7,7 @@ import type { LoadedConfig } from '../config/load.ts';
 import { requireSetting } from '../config/load.ts';
 import { PgarkError } from '../errors.ts';
 import type { WriteFormat } from '../pipeline/object-format.ts';
+import { BACKUP_DATA_DEFAULT_LEVEL, DEFAULT_LEVEL } from '../pipeline/codec.ts';
 import { openStorage } from '../storage/open.ts';
 import type { Storage } from '../storage/types.ts';
 import { parseRepoIdentity, readRepoIdentity, type RepoIdentity } from './identity.ts';
@@ -56,10 +57,12 @@ export class Repository {
   }
 
   /**
-   * Codec and recipients for new objects. Recipients come from the configuration, or else
-   * from the repository's description, so a writer needs no setting to keep encrypting.
+   * Codec, level and recipients for new objects. Recipients come from the configuration, or else
+   * from the repository's description, so a writer needs no setting to keep encrypting. The
+   * level is `compression-level` when set, else the codec's default for `content` (codec.ts:
+   * backup data compresses at a faster level than WAL and the rest).
    */
-  async writeFormat(): Promise<WriteFormat> {
+  async writeFormat(content: 'backup data' | 'other' = 'other'): Promise<WriteFormat> {
     const { config, origin } = this.loaded;
     let recipients: string[];
     if (config.recipient && config.recipient.length > 0) {
@@ -67,7 +70,8 @@ export class Repository {
     } else {
       recipients = this.identity?.encryption.recipients ?? [];
     }
-    return { codec: config.compression, level: config['compression-level'], recipients };
+    const defaults = content === 'backup data' ? BACKUP_DATA_DEFAULT_LEVEL : DEFAULT_LEVEL;
+    return { codec: config.compression, level: config['compression-level'] ?? defaults[config.compression], recipients };
   }
 
   /** The private keys for reading encrypted objects; a clear error when none is configured. */
