@@ -7,7 +7,8 @@
  *    relation pages whose LSN predates the base's start are referenced, everything new is
  *    compressed, encrypted and appended to packs uploaded in the background. The manifest is
  *    streamed as files complete, in walk order (a bounded reorder window).
- * 3. pg_backup_stop; wait until the WAL from the start to the stop segment is in the archive.
+ * 3. pg_backup_stop (not waiting for the archiver); wait until the WAL from the start to the stop
+ *    segment is in the repository.
  * 4. Wait for every pack and the manifest to be stored, then write backup.json: only now does
  *    the backup exist. An interrupted backup leaves no summary, but the checkpoints it wrote
  *    every backup-checkpoint-interval let the next backup resume it (repo/backup-resume.ts).
@@ -315,6 +316,9 @@ async function waitForWal(repo: Repository, startWal: string, stopWal: string, s
   const needed: string[] = [];
   for (let n = segmentNumber(first, segmentSize); n <= segmentNumber(last, segmentSize); n++) needed.push(segmentName(first.timeline, n, segmentSize));
   const deadline = Date.now() + timeoutMs;
+  // The archiver is woken by the WAL switch at backup stop: the segment usually arrives within
+  // a fraction of a second (one wal-push); then fewer listings per second.
+  let pause = 50;
   for (;;) {
     const present = new Set<string>();
     for (const directory of new Set(needed.map(walDirectoryOf))) for (const object of await listWalObjects(repo, directory)) present.add(object.name);
@@ -329,6 +333,7 @@ async function waitForWal(repo: Repository, startWal: string, stopWal: string, s
       });
     }
     signal.throwIfAborted();
-    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await new Promise((resolve) => setTimeout(resolve, pause));
+    pause = Math.min(pause * 2, 1000);
   }
 }

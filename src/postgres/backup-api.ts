@@ -38,10 +38,13 @@ export async function startBackup(client: Client, major: number, label: string):
 
 export async function stopBackup(client: Client, major: number): Promise<BackupStop> {
   try {
-    // wait_for_archive = true: on a primary, returns once the last segment is archived.
+    // wait_for_archive = false: PostgreSQL checks whether the last segment is archived once a
+    // second, so waiting there costs most of a second of every backup. It still switches WAL;
+    // the backup command then waits for the segments to be in the repository itself (a stronger
+    // condition than PostgreSQL's archive status), polling more often.
     const sql = major >= 15
-      ? 'SELECT lsn::text AS lsn, labelfile, spcmapfile FROM pg_backup_stop(true)'
-      : 'SELECT lsn::text AS lsn, labelfile, spcmapfile FROM pg_stop_backup(false, true)';
+      ? 'SELECT lsn::text AS lsn, labelfile, spcmapfile FROM pg_backup_stop(false)'
+      : 'SELECT lsn::text AS lsn, labelfile, spcmapfile FROM pg_stop_backup(false, false)';
     const { rows } = await client.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>(sql);
     const row = rows[0]!;
     return { stopLsn: row.lsn, stoppedAt: new Date(), backupLabel: row.labelfile, tablespaceMap: row.spcmapfile ?? '' };
