@@ -20,6 +20,7 @@ import { clusterInfo, connect } from '../postgres/connection.ts';
 import { comparePaths, walkDataDirectory, type DataEntry } from '../postgres/pgdata.ts';
 import { parseLsn, segmentName, segmentNumberOfLsn } from '../postgres/wal.ts';
 import { backupFile, BLOCKS_PER_BLOB, BufferPool, type FileBackupResult } from '../repo/backup-files.ts';
+import { DirectReads } from '../util/direct-io.ts';
 import { CheckpointWriter, findResumableBackup, readCheckpointEntries, removeResumeRecords, writeBackupStart, type ResumableBackup } from '../repo/backup-resume.ts';
 import { listBackups, ManifestWriter, readManifest, writeBackupSummary, type BackupSummary, type ManifestEntry } from '../repo/backup-manifest.ts';
 import { walDirectoryOf } from '../repo/layout.ts';
@@ -148,7 +149,8 @@ export async function run(ctx: CommandContext): Promise<number> {
     const fileContext = {
       blockSize,
       encoders: new Semaphore(config['process-max']),
-      buffers: new BufferPool(BLOCKS_PER_BLOB * blockSize, 2 * maxInFlight + config['process-max']),
+      buffers: new BufferPool(BLOCKS_PER_BLOB * blockSize),
+      reads: new DirectReads(config['backup-direct-io']),
       // The blobs of relation data: a faster default level than the manifest's (codec.ts).
       format: await repo.writeFormat('backup data'),
       packs,

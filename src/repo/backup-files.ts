@@ -13,6 +13,7 @@ import { open } from 'node:fs/promises';
 import { encodeBuffer, type WriteFormat } from '../pipeline/object-format.ts';
 import { isNewPage, pageChecksum, pageLsn, RELSEG_BLOCKS, storedChecksum } from '../postgres/page.ts';
 import { badChecksumPages } from '../postgres/page-checksums.ts';
+import { alignedBuffers, type DirectReads } from '../util/direct-io.ts';
 import { freeNow } from '../util/memory.ts';
 import type { Extent, ManifestEntry } from './backup-manifest.ts';
 import { blobChecksum, needsBlobChecksum } from './blob-check.ts';
@@ -25,25 +26,27 @@ export const BLOCKS_PER_BLOB = 128;
 /**
  * Reusable buffers of one blob's size (BLOCKS_PER_BLOB blocks): files are read into them and
  * blobs are encoded from them. Fresh 1 MiB buffers for every read cost more than the reading
- * (page faults, and garbage collections driven by external memory); how many are in use at
- * once is bounded by the files in flight and the encoders, so the pool stays small.
+ * (page faults, and garbage collections driven by external memory). They are page-aligned, as
+ * direct reads need (util/direct-io.ts), and allocated a few at a time; how many are in use at
+ * once is bounded by the files in flight and the encoders, so the pool stays small, and it
+ * keeps them all.
  */
 export class BufferPool {
+  private static readonly PER_ALLOCATION = 4;
   private readonly idle: Buffer[] = [];
   readonly size: number;
-  private readonly maxIdle: number;
 
-  constructor(size: number, maxIdle: number) {
+  constructor(size: number) {
     this.size = size;
-    this.maxIdle = maxIdle;
   }
 
   take(): Buffer {
-    return this.idle.pop() ?? Buffer.allocUnsafeSlow(this.size);
+    if (this.idle.length === 0) this.idle.push(...alignedBuffers(BufferPool.PER_ALLOCATION, this.size));
+    return this.idle.pop()!;
   }
 
   give(buffer: Buffer): void {
-    if (this.idle.length < this.maxIdle) this.idle.push(buffer);
+    this.idle.push(buffer);
   }
 }
 
@@ -53,6 +56,8 @@ export interface FileBackupContext {
   encoders: Semaphore;
   /** Buffers of BLOCKS_PER_BLOB blocks. */
   buffers: BufferPool;
+  /** Opens relation files for reading past the page cache. */
+  reads: DirectReads;
   format: WriteFormat;
   packs: PackWriter;
   /** Start LSN of the base backup (incrementals only). */
@@ -172,7 +177,7 @@ class BlobBuilder {
       try {
         const encoded = await encodeBuffer(content, this.ctx.format);
         // Without compression the blob may be the buffer itself: then it goes back once the pack has copied it.
-        const aliased = encoded.buffer === buffer.buffer;
+        const aliased = encoded.buffer === buffer.buffer && encoded.byteOffset === buffer.byteOffset;
         if (!aliased) this.ctx.buffers.give(buffer);
         const { packId, offset, length } = await this.ctx.packs.add(encoded);
         const checksum: [string?] = needsBlobChecksum(this.ctx.format) ? [blobChecksum(encoded)] : [];
@@ -261,7 +266,7 @@ export async function backupFile(
     runStart = -1;
   };
 
-  const handle = await open(file.absolute, 'r');
+  const reader = await ctx.reads.open(file.absolute, file.relation);
   try {
     let number = 0; // of the first block in the buffer
     for (;;) {
@@ -269,7 +274,7 @@ export async function backupFile(
       const buffer = buffers.take();
       let kept = false;
       try {
-        const { bytesRead } = await handle.read(buffer, 0, buffer.length, size);
+        const bytesRead = await reader.read(buffer, buffer.length, size);
         if (bytesRead === 0) break;
         size += bytesRead;
         hash?.update(buffer.subarray(0, bytesRead));
@@ -314,7 +319,7 @@ export async function backupFile(
     await builder.finish();
   } finally {
     builder.discard();
-    await handle.close();
+    await reader.close();
   }
 
   const extents = referenced.concat(builder.extents).sort((a, b) => a[0] - b[0]);

@@ -17,6 +17,7 @@
  * it off for the rest of the run and everything is written the ordinary way.
  */
 import { constants, openSync, write } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { log } from './log.ts';
 import { Semaphore } from './concurrency.ts';
@@ -41,6 +42,19 @@ export function isAlignedForDirectIo(position: number, length: number): boolean 
 }
 
 /**
+ * `count` page-aligned buffers of `size` bytes (rounded up to whole WebAssembly pages), views of
+ * one WebAssembly.Memory. initial = maximum: the memory never grows, so its ArrayBuffer is never
+ * detached while a read or write in the thread pool still uses it. The buffers share that
+ * ArrayBuffer: never free one with util/memory.ts freeNow.
+ */
+export function alignedBuffers(count: number, size: number): Buffer[] {
+  const rounded = Math.ceil(size / WASM_PAGE) * WASM_PAGE;
+  const pages = (rounded / WASM_PAGE) * count;
+  const memory = new wasm.Memory({ initial: pages, maximum: pages });
+  return Array.from({ length: count }, (_, i) => Buffer.from(memory.buffer, i * rounded, size));
+}
+
+/**
  * A fixed set of page-aligned buffers (restore assembles each window of a file in one, then
  * writes it from there, direct or not).
  */
@@ -52,11 +66,7 @@ export class AlignedBufferPool {
   /** `count` buffers of `size` bytes (rounded up to whole WebAssembly pages). */
   constructor(count: number, size: number) {
     this.size = Math.ceil(size / WASM_PAGE) * WASM_PAGE;
-    const pages = (this.size / WASM_PAGE) * count;
-    // initial = maximum: the memory never grows, so its ArrayBuffer is never detached while
-    // a write in the thread pool still reads from it.
-    const memory = new wasm.Memory({ initial: pages, maximum: pages });
-    for (let i = 0; i < count; i++) this.free.push(Buffer.from(memory.buffer, i * this.size, this.size));
+    this.free.push(...alignedBuffers(count, this.size));
     this.slots = new Semaphore(count);
   }
 
@@ -123,5 +133,79 @@ export class DirectIo {
     if (this.disabledBecause !== undefined) return;
     this.disabledBecause = reason;
     log.info('writing restored files through the page cache', { reason });
+  }
+}
+
+/**
+ * Reading relation files for a backup with O_DIRECT, past the page cache. Through the page cache
+ * every byte not cached already is first copied into kernel pages that must be allocated (and
+ * evict others), then copied again into our buffer: on the benchmark VM 2 ms of system CPU per
+ * MiB read (0.95 s for 460 MiB), against 0.1 ms with O_DIRECT, which reads straight into the
+ * buffer. Cached data costs 0.17 ms per MiB read through the cache; a direct read then asks the
+ * device again, which costs wall time but hardly CPU, and a backup no longer evicts the
+ * database's cached pages with data it reads once. Coherent with PostgreSQL's writes through
+ * the page cache: Linux writes dirty cached pages of the range back before a direct read of it,
+ * and a page written during the read is torn either way (WAL replay repairs it). Buffers must
+ * be page-aligned (alignedBuffers), reads of whole aligned pieces. Where the filesystem refuses
+ * O_DIRECT (EINVAL), the first refusal turns it off for the rest of the run.
+ */
+export class DirectReads {
+  private disabledBecause: string | undefined;
+
+  /** `enabled`: the backup-direct-io setting. */
+  constructor(enabled: boolean) {
+    if (!enabled) this.disabledBecause = 'off';
+    else if (O_DIRECT === undefined) this.disabledBecause = 'this platform has no O_DIRECT';
+  }
+
+  /** Opens `path` for reading, past the page cache while that works (and `direct` is not false). */
+  async open(path: string, direct = true): Promise<DataFileReader> {
+    if (direct && this.disabledBecause === undefined) {
+      try {
+        return new DataFileReader(path, await open(path, constants.O_RDONLY | O_DIRECT!), this);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
+        this.disable(`the filesystem of ${path} refuses O_DIRECT`);
+      }
+    }
+    return new DataFileReader(path, await open(path, 'r'), undefined);
+  }
+
+  disable(reason: string): void {
+    if (this.disabledBecause !== undefined) return;
+    this.disabledBecause = reason;
+    log.info('reading data files through the page cache', { reason });
+  }
+}
+
+/** One open data file; reads go past the page cache when `direct` is set. */
+export class DataFileReader {
+  private readonly path: string;
+  private handle: FileHandle;
+  private direct: DirectReads | undefined;
+
+  constructor(path: string, handle: FileHandle, direct: DirectReads | undefined) {
+    this.path = path;
+    this.handle = handle;
+    this.direct = direct;
+  }
+
+  /** Reads up to `length` bytes at `position` into the start of `buffer` (page-aligned, from alignedBuffers). */
+  async read(buffer: Buffer, length: number, position: number): Promise<number> {
+    try {
+      return (await this.handle.read(buffer, 0, length, position)).bytesRead;
+    } catch (error) {
+      // Some filesystems accept O_DIRECT at open and refuse the reads.
+      if (!this.direct || (error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
+      this.direct.disable(`a direct read of ${this.path} was refused (${(error as Error).message})`);
+      this.direct = undefined;
+      await this.handle.close();
+      this.handle = await open(this.path, 'r');
+      return (await this.handle.read(buffer, 0, length, position)).bytesRead;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
   }
 }
