@@ -28,10 +28,21 @@ export const DIRECT_IO_ALIGNMENT = 4096;
 export const DIRECT_IO_MIN_BYTES = 128 * 1024;
 
 const WASM_PAGE = 64 * 1024;
-// The project's TypeScript lib has no WebAssembly declarations: the one constructor used here.
+// The project's TypeScript lib has no WebAssembly declarations: the little used here.
+export interface WasmMemory {
+  readonly buffer: ArrayBuffer;
+  grow(pages: number): number;
+}
 const { WebAssembly: wasm } = globalThis as unknown as {
-  WebAssembly: { Memory: new (descriptor: { initial: number; maximum: number }) => { readonly buffer: ArrayBuffer } };
+  WebAssembly: { Memory: new (descriptor: { initial: number; maximum: number }) => WasmMemory };
 };
+/** The memory behind each alignedBuffers allocation, by its ArrayBuffer. */
+const memories = new WeakMap<ArrayBuffer, WasmMemory>();
+
+/** The WebAssembly memory `buffer` is a view of, when it comes from alignedBuffers. */
+export function memoryOf(buffer: Buffer): WasmMemory | undefined {
+  return memories.get(buffer.buffer as ArrayBuffer);
+}
 const writeAsync = promisify(write);
 
 /** undefined where the platform has no O_DIRECT (macOS, Windows). */
@@ -51,6 +62,7 @@ export function alignedBuffers(count: number, size: number): Buffer[] {
   const rounded = Math.ceil(size / WASM_PAGE) * WASM_PAGE;
   const pages = (rounded / WASM_PAGE) * count;
   const memory = new wasm.Memory({ initial: pages, maximum: pages });
+  memories.set(memory.buffer, memory);
   return Array.from({ length: count }, (_, i) => Buffer.from(memory.buffer, i * rounded, size));
 }
 

@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import { badChecksumPages } from '../../src/postgres/page-checksums.ts';
 import { pageChecksum, storedChecksum } from '../../src/postgres/page.ts';
+import { alignedBuffers } from '../../src/util/direct-io.ts';
 
 function scalarBadPages(buffer: Buffer, bytes: number, blockSize: number, firstBlock: number): number[] {
   const bad: number[] = [];
@@ -31,5 +32,24 @@ test('badChecksumPages finds exactly the pages whose stored checksum is wrong', 
     const copy = Buffer.from(buffer);
     badChecksumPages(buffer, buffer.length, blockSize, 0);
     assert.ok(copy.equals(buffer));
+  }
+});
+
+test('pages in WebAssembly-memory buffers (backup read buffers) are checked in place, unchanged', () => {
+  for (const blockSize of [8192, 16384]) {
+    const pages = 64;
+    const source = randomBytes(pages * blockSize);
+    for (let i = 0; i < pages; i++) {
+      const page = source.subarray(i * blockSize, (i + 1) * blockSize);
+      if (i % 7 === 0) page.writeUInt16LE(0, 14);
+      else if (i % 3 !== 0) page.writeUInt16LE(pageChecksum(page, 500 + i), 8);
+    }
+    // the second of three buffers of one memory: its pages start at a non-zero offset there
+    const buffer = alignedBuffers(3, source.length)[1]!;
+    source.copy(buffer);
+    const bad = badChecksumPages(buffer, buffer.length, blockSize, 500);
+    assert.deepEqual(bad, scalarBadPages(source, source.length, blockSize, 500));
+    assert.ok(bad.length > 10);
+    assert.ok(source.equals(buffer), 'pd_checksum is read as zero, not written');
   }
 });
