@@ -151,8 +151,9 @@ export async function run(ctx: CommandContext): Promise<number> {
       encoders: new Semaphore(config['process-max']),
       buffers: new BufferPool(BLOCKS_PER_BLOB * blockSize),
       reads: new DirectReads(config['backup-direct-io']),
-      // The blobs of relation data: a faster default level than the manifest's (codec.ts).
+      // Whole reads of data compress at a faster default level than the rest (codec.ts).
       format: await repo.writeFormat('backup data'),
+      scatteredFormat: format,
       packs,
       baseStartLsn: base ? Number(parseLsn(base.startLsn)) : undefined,
       verifyChecksumsBefore: dataChecksums ? Number(startLsn) : undefined,

@@ -30,7 +30,7 @@ const STORAGE_CLASS_NOTE = 'S3 storage class; empty = the bucket default';
 export const SETTINGS = [
   { key: 'repo', group: 'repository', type: { kind: 'string' }, description: 'Repository URL: file:///path, s3://bucket/prefix, azure://container/prefix' },
   { key: 'compression', group: 'repository', type: { kind: 'enum', values: ['zstd', 'lz4', 'gzip', 'none'] }, default: 'zstd', description: 'Codec for new objects (reading detects the codec of each object)' },
-  { key: 'compression-level', group: 'repository', type: { kind: 'integer', min: -7, max: 22 }, description: 'Codec level for everything written: zstd 1-19 (default: 1 for backup data, 3 for WAL and manifests; see Backups), gzip 1-9 (default 6); lz4 ignores it' },
+  { key: 'compression-level', group: 'repository', type: { kind: 'integer', min: -7, max: 22 }, description: 'Codec level for everything written: zstd 1-19 (default: 1 for backup data read in whole runs of pages, 3 for the rest; see Backups), gzip 1-9 (default 6); lz4 ignores it' },
 
   { key: 'recipient', group: 'encryption', type: { kind: 'list' }, description: 'age recipient(s) (age1..., public) to encrypt new objects to; default: the recipients recorded by `pgark init`' },
   { key: 'identity', group: 'encryption', type: { kind: 'string' }, description: 'age identity file (private key, mode 0600) for reading encrypted objects' },

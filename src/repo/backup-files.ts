@@ -58,7 +58,10 @@ export interface FileBackupContext {
   buffers: BufferPool;
   /** Opens relation files for reading past the page cache. */
   reads: DirectReads;
+  /** For blobs of whole reads of consecutive pages (a full backup, new or rewritten files). */
   format: WriteFormat;
+  /** For blobs collected from changed pages scattered among unchanged ones (codec.ts says why). */
+  scatteredFormat: WriteFormat;
   packs: PackWriter;
   /** Start LSN of the base backup (incrementals only). */
   baseStartLsn: number | undefined;
@@ -129,6 +132,8 @@ class BlobBuilder {
   private buffer: Buffer | undefined;
   private bytes = 0;
   private numbers: number[] = [];
+  /** The blob being filled holds pages picked out of reads (add), not whole reads (adopt). */
+  private scattered = false;
   readonly extents: Extent[] = [];
   private readonly jobs: Promise<void>[] = [];
   stored = 0;
@@ -147,6 +152,7 @@ class BlobBuilder {
     this.buffer ??= this.ctx.buffers.take();
     source.copy(this.buffer, this.bytes, offset, offset + length);
     this.bytes += length;
+    this.scattered = true;
     this.numbers.push(blockNumber);
     if (this.numbers.length >= BLOCKS_PER_BLOB) await this.flush();
   }
@@ -169,18 +175,20 @@ class BlobBuilder {
     const buffer = this.buffer!;
     const content = buffer.subarray(0, this.bytes);
     const numbers = this.numbers;
+    const format = this.scattered ? this.ctx.scatteredFormat : this.ctx.format;
     this.buffer = undefined;
     this.bytes = 0;
     this.numbers = [];
+    this.scattered = false;
     const release = await this.ctx.encoders.acquire();
     const job = (async () => {
       try {
-        const encoded = await encodeBuffer(content, this.ctx.format);
+        const encoded = await encodeBuffer(content, format);
         // Without compression the blob may be the buffer itself: then it goes back once the pack has copied it.
         const aliased = encoded.buffer === buffer.buffer && encoded.byteOffset === buffer.byteOffset;
         if (!aliased) this.ctx.buffers.give(buffer);
         const { packId, offset, length } = await this.ctx.packs.add(encoded);
-        const checksum: [string?] = needsBlobChecksum(this.ctx.format) ? [blobChecksum(encoded)] : [];
+        const checksum: [string?] = needsBlobChecksum(format) ? [blobChecksum(encoded)] : [];
         // The pack has a copy: free the blob now, not at some later full garbage collection.
         if (aliased) this.ctx.buffers.give(buffer);
         else freeNow(encoded);
