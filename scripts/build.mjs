@@ -43,12 +43,14 @@ await build({
   outExtension: { '.js': '.mjs' },
   chunkNames: 'chunks/[name]-[hash]',
   splitting: true,
-  // Some bundled CommonJS dependencies call require(); give them one.
+  // Some bundled CommonJS dependencies call require(); give them one, made on first use:
+  // creating it (and importing node:module as an ES module) costs a few ms of every wal-push
+  // call, which never requires anything. The bundles only ever call it (esbuild's __require).
   banner: {
     js: [
       '#!/usr/bin/env node',
-      "import { createRequire as __pgarkCreateRequire } from 'node:module';",
-      'const require = __pgarkCreateRequire(import.meta.url);',
+      'var __pgarkRequire;',
+      "function require(id) { return (__pgarkRequire ??= process.getBuiltinModule('node:module').createRequire(import.meta.url))(id); }",
     ].join('\n'),
   },
   // pg-native: an optional peer of node-postgres that we never use. lz4-napi: a native addon,

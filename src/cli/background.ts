@@ -7,17 +7,17 @@
  * started afresh once it exceeds 1 MiB.
  */
 import type { ChildProcess } from 'node:child_process';
-import { closeSync, openSync, renameSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Spool } from '../repo/spool.ts';
+import { fs } from '../util/node-fs.ts';
 
 const LOG_MAX_BYTES = 1 << 20;
 
 function openLog(logFile: string | undefined): number | 'ignore' {
   if (!logFile) return 'ignore';
   try {
-    if ((statSync(logFile, { throwIfNoEntry: false })?.size ?? 0) > LOG_MAX_BYTES) renameSync(logFile, `${logFile}.1`);
-    return openSync(logFile, 'a', 0o600);
+    if ((fs.statSync(logFile, { throwIfNoEntry: false })?.size ?? 0) > LOG_MAX_BYTES) fs.renameSync(logFile, `${logFile}.1`);
+    return fs.openSync(logFile, 'a', 0o600);
   } catch {
     return 'ignore';
   }
@@ -37,7 +37,7 @@ export function spawnBackground(args: readonly string[], options: { env?: Record
     child.unref();
     return child;
   } finally {
-    if (typeof log === 'number') closeSync(log);
+    if (typeof log === 'number') fs.closeSync(log);
   }
 }
 

@@ -8,11 +8,11 @@
  * which loads and validates everything and handles every case; the fast path never fails a
  * call itself.
  */
-import { existsSync } from 'node:fs';
+import { fs } from '../util/node-fs.ts';
 import { basename, dirname, join, resolve } from 'node:path';
 import { SETTINGS_BY_KEY, envNameOf } from '../config/settings.ts';
 import { parseWalFileName } from '../postgres/wal.ts';
-import { awaitPusher, inPushWindow, walFileInfo } from '../repo/push-ahead.ts';
+import { awaitPusher, inPushWindow, processStartedAt, walFileInfo } from '../repo/push-ahead.ts';
 import { fetchThroughSpool } from '../repo/fetch-requests.ts';
 import { Spool } from '../repo/spool.ts';
 import { configureLogger, log } from '../util/log.ts';
@@ -45,14 +45,14 @@ async function pushFromSpool(spool: Spool, location: SpoolLocation, walArg: stri
   const file = await walFileInfo(walPath);
   if (!file) return undefined;
   if (!(await spool.isMarkedArchived(name, file))) {
-    if (location.pushAhead <= 0 || !existsSync(join(spool.root, 'archived'))) return undefined;
+    if (location.pushAhead <= 0 || !fs.existsSync(join(spool.root, 'archived'))) return undefined;
     if (!(await inPushWindow(dirname(walPath), name, location.pushAhead))) return undefined;
     // Usually the pusher runs and has the file in hand; the first call of a batch starts it
     // here, without loading the configuration first (the pusher loads it anyway).
     const { args, env } = childArguments(flags);
     const outcome = await awaitPusher(spool, name, file, {
       deadline: Date.now() + location.archiveTimeoutMs,
-      since: performance.timeOrigin - 1000,
+      since: processStartedAt() - 1000,
       pusherRunning: pusherOf(spool, dirname(walPath), args, env),
     });
     if (outcome.kind !== 'archived') return undefined; // a failure is reported by the normal path
@@ -69,7 +69,7 @@ async function pushFromSpool(spool: Spool, location: SpoolLocation, walArg: stri
 async function fetchFromSpool(spool: Spool, location: SpoolLocation, invocation: FastInvocation, started: number): Promise<number | undefined> {
   const [name, destination] = invocation.positionals as [string, string];
   const file = parseWalFileName(name);
-  if (!file || !existsSync(spool.fetchedPath(''))) return undefined; // no spool yet: the normal path makes it
+  if (!file || !fs.existsSync(spool.fetchedPath(''))) return undefined; // no spool yet: the normal path makes it
   const { args, env } = childArguments(invocation.flags);
   const prefetcher = location.walPrefetch > 0 ? prefetcherOf(spool, name, args, env) : undefined;
   const outcome = await fetchThroughSpool(spool, name, resolve(destination), prefetcher);

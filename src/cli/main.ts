@@ -3,7 +3,6 @@
  * WAL segment, so `--version` and every command must start fast. Everything else is imported
  * on demand.
  */
-import module from 'node:module';
 import { applyMemoryLimits } from './memory-limits.ts';
 
 declare const PGARK_VERSION: string | undefined;
@@ -17,7 +16,9 @@ if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V' || argv[0]
   applyMemoryLimits(argv[0]);
   // V8's code cache on disk (Node >= 22.1) makes loading the lazily imported chunks — the
   // AWS SDK above all — several times faster from the second run on.
-  module.enableCompileCache?.();
+  // (process.getBuiltinModule, not an import: the ES namespace of node:module loads source-map
+  // support and more, a few ms of every call.)
+  process.getBuiltinModule('node:module').enableCompileCache?.();
   // Most wal-push / wal-fetch calls only look at the spool: they do not need the rest.
   let code: number | undefined;
   if (argv[0] === 'wal-push' || argv[0] === 'wal-fetch') {

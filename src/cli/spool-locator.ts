@@ -17,11 +17,10 @@
  * key by name only), in a 0700 directory of the default spool base, and a locator file not
  * owned by the current user is ignored.
  */
-import { statSync } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { DEFAULT_CONFIG_PATH, SETTINGS_BY_KEY } from '../config/settings.ts';
 import { defaultSpoolBase, tempSuffix } from '../repo/spool.ts';
+import { fs } from '../util/node-fs.ts';
 import type { LogFormat, LogLevel } from '../util/log.ts';
 
 declare const PGARK_VERSION: string | undefined;
@@ -105,7 +104,7 @@ function secretFlag(arg: string): boolean {
 
 function locatorKey(flags: readonly string[]): string {
   const configPath = configFlag(flags) ?? process.env.PGARK_CONFIG ?? DEFAULT_CONFIG_PATH;
-  const info = statSync(resolve(configPath), { bigint: true, throwIfNoEntry: false });
+  const info = fs.statSync(resolve(configPath), { bigint: true, throwIfNoEntry: false });
   const configIdentity = info ? [info.dev, info.ino, info.size, info.mtimeNs, info.ctimeNs].join(':') : 'absent';
   const env = Object.entries(process.env)
     .filter(([name]) => name.startsWith('PGARK_'))
@@ -143,20 +142,20 @@ function isLocation(value: unknown): value is SpoolLocation {
 
 /** The location recorded for this invocation, or undefined (none yet, or not trustworthy). */
 export async function readSpoolLocation(invocation: FastInvocation): Promise<SpoolLocation | undefined> {
-  let handle;
+  let fd: number;
   try {
-    handle = await open(locatorPath(locatorKey(invocation.flags)), 'r');
+    fd = fs.openSync(locatorPath(locatorKey(invocation.flags)), 'r');
   } catch {
     return undefined;
   }
   try {
-    if ((await handle.stat()).uid !== (process.getuid?.() ?? 0)) return undefined;
-    const value: unknown = JSON.parse(await handle.readFile('utf8'));
+    if (fs.fstatSync(fd).uid !== (process.getuid?.() ?? 0)) return undefined;
+    const value: unknown = JSON.parse(fs.readFileSync(fd, 'utf8'));
     return isLocation(value) ? value : undefined;
   } catch {
     return undefined;
   } finally {
-    await handle.close();
+    fs.closeSync(fd);
   }
 }
 
@@ -170,13 +169,21 @@ export async function rememberSpoolLocation(argv: readonly string[], location: S
   if (!invocation) return;
   const path = locatorPath(locatorKey(invocation.flags));
   const text = JSON.stringify(location);
-  if ((await readFile(path, 'utf8').catch(() => undefined)) === text) return;
+  try {
+    if (fs.readFileSync(path, 'utf8') === text) return;
+  } catch {
+    // not written yet
+  }
   const temp = `${path}.tmp-${tempSuffix()}`;
   try {
-    await mkdir(join(path, '..'), { recursive: true, mode: 0o700 });
-    await writeFile(temp, text, { mode: 0o600 });
-    await rename(temp, path);
+    fs.mkdirSync(join(path, '..'), { recursive: true, mode: 0o700 });
+    fs.writeFileSync(temp, text, { mode: 0o600 });
+    fs.renameSync(temp, path);
   } catch {
-    await rm(temp, { force: true }).catch(() => {});
+    try {
+      fs.rmSync(temp, { force: true });
+    } catch {
+      // left for the next call to overwrite: harmless
+    }
   }
 }

@@ -25,7 +25,7 @@ import { rememberSpoolLocation } from '../cli/spool-locator.ts';
 import { requireSetting } from '../config/load.ts';
 import { PgarkError } from '../errors.ts';
 import { requireWalFileName } from '../postgres/wal.ts';
-import { awaitPusher, inPushWindow, isOutage, readyFiles, walFileInfo, type PusherOutcome } from '../repo/push-ahead.ts';
+import { awaitPusher, inPushWindow, isOutage, processStartedAt, readyFiles, walFileInfo, type PusherOutcome } from '../repo/push-ahead.ts';
 import { Repository } from '../repo/repository.ts';
 import { Spool } from '../repo/spool.ts';
 import { pushWalFile } from '../repo/wal-archive.ts';
@@ -99,7 +99,7 @@ export async function run(ctx: CommandContext): Promise<number> {
 async function waitForPusher(ctx: CommandContext, spool: Spool, walDirectory: string, name: string, file: { size: number; mtimeMs: number }): Promise<PusherOutcome> {
   return awaitPusher(spool, name, file, {
     deadline: Date.now() + ctx.loaded.config['archive-timeout'],
-    since: performance.timeOrigin - 1000,
+    since: processStartedAt() - 1000,
     pusherRunning: pusherOf(spool, walDirectory, ctx.forwardArgs, ctx.forwardEnv),
   });
 }

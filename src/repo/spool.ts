@@ -15,12 +15,11 @@
  *   pgark.json           the repository description (cached), dropped.log (archive-queue-max)
  * and, in the default spool base, locators/ (src/cli/spool-locator.ts).
  */
-import { accessSync, constants, mkdirSync, watch, type FSWatcher } from 'node:fs';
-import { appendFile, copyFile, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import type { FSWatcher } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from '../config/load.ts';
 import { PgarkError, type PgarkErrorCode } from '../errors.ts';
+import { errorCode, fs } from '../util/node-fs.ts';
 
 const DEFAULT_SPOOL = '/var/spool/pgark';
 
@@ -36,7 +35,7 @@ export function tempSuffix(): string {
 
 function writable(path: string): boolean {
   try {
-    accessSync(path, constants.W_OK);
+    fs.accessSync(path, fs.constants.W_OK);
     return true;
   } catch {
     return false;
@@ -45,7 +44,7 @@ function writable(path: string): boolean {
 
 /** The spool base when spool-path is not set: /var/spool/pgark if writable, else one in TMPDIR. */
 export function defaultSpoolBase(): string {
-  return writable(DEFAULT_SPOOL) ? DEFAULT_SPOOL : join(tmpdir(), `pgark-spool-${process.getuid?.() ?? 0}`);
+  return writable(DEFAULT_SPOOL) ? DEFAULT_SPOOL : join(process.getBuiltinModule('node:os').tmpdir(), `pgark-spool-${process.getuid?.() ?? 0}`);
 }
 
 /** What the background pusher recorded about a WAL file it could not archive (see wal-push). */
@@ -90,8 +89,8 @@ export class Spool {
     const { createHash } = process.getBuiltinModule('node:crypto');
     const root = join(base, createHash('sha256').update(repoUrl).digest('hex').slice(0, 16));
     try {
-      mkdirSync(join(root, 'archived'), { recursive: true, mode: 0o700 });
-      mkdirSync(join(root, 'fetched'), { recursive: true, mode: 0o700 });
+      fs.mkdirSync(join(root, 'archived'), { recursive: true, mode: 0o700 });
+      fs.mkdirSync(join(root, 'fetched'), { recursive: true, mode: 0o700 });
     } catch (error) {
       throw new PgarkError('CONFIG', `cannot create the spool directory ${root}: ${(error as NodeJS.ErrnoException).code}`, {
         hint: 'set spool-path to a directory the PostgreSQL OS user can write',
@@ -100,18 +99,43 @@ export class Spool {
     return new Spool(root);
   }
 
-  /** Writes a file atomically (temp + rename) inside the spool. */
-  async writeAtomic(relativePath: string, content: Buffer | string): Promise<void> {
+  /**
+   * Writes a small file atomically (temp + rename) inside the spool: markers, records, answers.
+   * Synchronously: they are a few bytes (see src/util/node-fs.ts).
+   */
+  async writeAtomic(relativePath: string, content: string): Promise<void> {
     const path = join(this.root, relativePath);
     const temp = `${path}.tmp-${tempSuffix()}`;
-    await writeFile(temp, content, { mode: 0o600 });
-    await rename(temp, path);
+    fs.writeFileSync(temp, content, { mode: 0o600 });
+    fs.renameSync(temp, path);
+  }
+
+  /** A small spool file's content, or undefined when it is not there (or unreadable). */
+  private readSmall(relativePath: string): string | undefined {
+    try {
+      return fs.readFileSync(join(this.root, relativePath), 'utf8');
+    } catch {
+      return undefined;
+    }
+  }
+
+  private remove(relativePath: string): void {
+    fs.rmSync(join(this.root, relativePath), { force: true });
+  }
+
+  /** Entries of a spool directory, temporary files of killed writes excluded; empty when it is missing. */
+  private entries(directory: string): string[] {
+    try {
+      return fs.readdirSync(join(this.root, directory)).filter((entry) => !entry.includes('.tmp-'));
+    } catch {
+      return [];
+    }
   }
 
   // ---- cached repository description (immutable after init: saves a GET per call) ----
 
   async readCachedIdentity(): Promise<string | undefined> {
-    return readFile(join(this.root, 'pgark.json'), 'utf8').catch(() => undefined);
+    return this.readSmall('pgark.json');
   }
 
   async cacheIdentity(text: string): Promise<void> {
@@ -131,20 +155,20 @@ export class Spool {
 
   async isMarkedArchived(name: string, file: { size: number; mtimeMs: number }): Promise<boolean> {
     try {
-      const marker = JSON.parse(await readFile(join(this.root, 'archived', name), 'utf8')) as { size: number; mtimeMs: number };
-      return marker.size === file.size && marker.mtimeMs === file.mtimeMs;
+      const marker = JSON.parse(this.readSmall(join('archived', name)) ?? 'null') as { size: number; mtimeMs: number } | null;
+      return marker?.size === file.size && marker.mtimeMs === file.mtimeMs;
     } catch {
       return false;
     }
   }
 
   async clearArchived(name: string): Promise<void> {
-    await rm(join(this.root, 'archived', name), { force: true });
+    this.remove(join('archived', name));
   }
 
   /** Names of the WAL files marked as archived (temporary files of killed writes excluded). */
   async archivedNames(): Promise<string[]> {
-    return (await readdir(join(this.root, 'archived')).catch(() => [] as string[])).filter((entry) => !entry.includes('.tmp-'));
+    return this.entries('archived');
   }
 
   // ---- wal-push: failures of the background pusher, for the call PostgreSQL makes for the file ----
@@ -153,29 +177,30 @@ export class Spool {
     const failure: PushFailure = error instanceof PgarkError
       ? { code: error.code, message: error.message, hint: error.hint, exitCode: error.exitCode, at: Date.now() }
       : { code: 'INTERNAL', message: error instanceof Error ? error.message : String(error), exitCode: 3, at: Date.now() };
-    await mkdir(join(this.root, 'failed'), { recursive: true, mode: 0o700 });
+    fs.mkdirSync(join(this.root, 'failed'), { recursive: true, mode: 0o700 });
     await this.writeAtomic(join('failed', name), JSON.stringify(failure));
   }
 
   async readPushFailure(name: string): Promise<PushFailure | undefined> {
     try {
-      return JSON.parse(await readFile(join(this.root, 'failed', name), 'utf8')) as PushFailure;
+      const text = this.readSmall(join('failed', name));
+      return text === undefined ? undefined : (JSON.parse(text) as PushFailure);
     } catch {
       return undefined;
     }
   }
 
   async clearPushFailure(name: string): Promise<void> {
-    await rm(join(this.root, 'failed', name), { force: true });
+    this.remove(join('failed', name));
   }
 
   async pushFailureNames(): Promise<string[]> {
-    return (await readdir(join(this.root, 'failed')).catch(() => [] as string[])).filter((entry) => !entry.includes('.tmp-'));
+    return this.entries('failed');
   }
 
   /** Appends to dropped.log: WAL files given up under archive-queue-max (see wal-push). */
   async recordDropped(name: string, reason: string): Promise<void> {
-    await appendFile(join(this.root, 'dropped.log'), `${new Date().toISOString()} ${name} ${reason.replaceAll('\n', ' ')}\n`, { mode: 0o600 });
+    await fs.promises.appendFile(join(this.root, 'dropped.log'), `${new Date().toISOString()} ${name} ${reason.replaceAll('\n', ' ')}\n`, { mode: 0o600 });
   }
 
   // ---- wal-fetch: prefetched segments ----
@@ -191,23 +216,23 @@ export class Spool {
   async takeFetched(name: string, target: string): Promise<boolean> {
     const source = this.fetchedPath(name);
     try {
-      await rename(source, target);
+      fs.renameSync(source, target);
       return true;
     } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
+      const code = errorCode(error);
       if (code === 'ENOENT') return false;
       if (code !== 'EXDEV') throw error;
     }
     const temp = `${target}.pgark-${tempSuffix()}`;
     try {
-      await copyFile(source, temp);
+      await fs.promises.copyFile(source, temp);
     } catch (error) {
-      await rm(temp, { force: true });
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      fs.rmSync(temp, { force: true });
+      if (errorCode(error) === 'ENOENT') return false;
       throw error;
     }
-    await rename(temp, target);
-    await rm(source, { force: true });
+    fs.renameSync(temp, target);
+    fs.rmSync(source, { force: true });
     return true;
   }
 
@@ -217,49 +242,54 @@ export class Spool {
   }
 
   async readFetchPosition(): Promise<string | undefined> {
-    return (await readFile(join(this.root, 'fetch-position'), 'utf8').catch(() => undefined))?.trim() || undefined;
+    return this.readSmall('fetch-position')?.trim() || undefined;
   }
 
   /** Removes prefetched segments that sort before `name` (older, or an earlier timeline). */
   async removeFetchedBefore(name: string): Promise<void> {
-    for (const entry of await readdir(join(this.root, 'fetched')).catch(() => [] as string[])) {
-      if (entry < name) await rm(join(this.root, 'fetched', entry), { force: true });
+    for (const entry of await fs.promises.readdir(join(this.root, 'fetched')).catch(() => [] as string[])) {
+      if (entry < name) await fs.promises.rm(join(this.root, 'fetched', entry), { force: true });
     }
   }
 
   async hasFetched(name: string): Promise<boolean> {
-    return stat(this.fetchedPath(name)).then(() => true, () => false);
+    return fs.existsSync(this.fetchedPath(name));
   }
 
+  /** Stores a verified segment in fetched/ (temp + rename; asynchronously: it is a whole segment). */
   async storeFetched(name: string, content: Buffer): Promise<void> {
-    await this.writeAtomic(join('fetched', name), content);
+    const path = this.fetchedPath(name);
+    const temp = `${path}.tmp-${tempSuffix()}`;
+    await fs.promises.writeFile(temp, content, { mode: 0o600 });
+    fs.renameSync(temp, path);
   }
 
   // ---- wal-fetch: requests to the running prefetcher (see src/repo/fetch-requests.ts) ----
 
   /** Asks the prefetcher for `name`; `token` identifies this request in the answer. */
   async writeFetchRequest(name: string, token: string): Promise<void> {
-    for (const directory of ['requests', 'answers']) await mkdir(join(this.root, directory), { recursive: true, mode: 0o700 });
+    for (const directory of ['requests', 'answers']) fs.mkdirSync(join(this.root, directory), { recursive: true, mode: 0o700 });
     await this.writeAtomic(join('requests', name), token);
   }
 
   async readFetchRequest(name: string): Promise<string | undefined> {
-    return readFile(join(this.root, 'requests', name), 'utf8').catch(() => undefined);
+    return this.readSmall(join('requests', name));
   }
 
   /** Names with a pending request (temporary files of killed writes excluded). */
   async fetchRequestNames(): Promise<string[]> {
-    return (await readdir(join(this.root, 'requests')).catch(() => [] as string[])).filter((entry) => !entry.includes('.tmp-'));
+    return this.entries('requests');
   }
 
   async writeFetchAnswer(name: string, answer: FetchAnswer): Promise<void> {
-    await mkdir(join(this.root, 'answers'), { recursive: true, mode: 0o700 });
+    fs.mkdirSync(join(this.root, 'answers'), { recursive: true, mode: 0o700 });
     await this.writeAtomic(join('answers', name), JSON.stringify(answer));
   }
 
   async readFetchAnswer(name: string): Promise<FetchAnswer | undefined> {
     try {
-      return JSON.parse(await readFile(join(this.root, 'answers', name), 'utf8')) as FetchAnswer;
+      const text = this.readSmall(join('answers', name));
+      return text === undefined ? undefined : (JSON.parse(text) as FetchAnswer);
     } catch {
       return undefined;
     }
@@ -267,13 +297,13 @@ export class Spool {
 
   /** Removes the request for `name` and its answer (done by the call that made it, or by the prefetcher at exit). */
   async clearFetchRequest(name: string): Promise<void> {
-    await rm(join(this.root, 'requests', name), { force: true });
-    await rm(join(this.root, 'answers', name), { force: true });
+    this.remove(join('requests', name));
+    this.remove(join('answers', name));
   }
 
   /** The PID of the live process holding lock `name`, if any. */
   async lockHolder(name: string): Promise<number | undefined> {
-    const holder = Number(await readFile(join(this.root, `${name}.lock`), 'utf8').catch(() => '0'));
+    const holder = Number(this.readSmall(`${name}.lock`) ?? '0');
     return holder > 0 && processAlive(holder) ? holder : undefined;
   }
 
@@ -285,18 +315,21 @@ export class Spool {
     const path = join(this.root, `${name}.lock`);
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
-        const handle = await open(path, 'wx', 0o600);
-        await handle.writeFile(String(process.pid));
-        await handle.close();
-        return async () => { await rm(path, { force: true }); };
+        const fd = fs.openSync(path, 'wx', 0o600);
+        try {
+          fs.writeFileSync(fd, String(process.pid));
+        } finally {
+          fs.closeSync(fd);
+        }
+        return async () => fs.rmSync(path, { force: true });
       } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-        const holder = Number(await readFile(path, 'utf8').catch(() => '0'));
+        if (errorCode(error) !== 'EEXIST') throw error;
+        const holder = Number(this.readSmall(`${name}.lock`) ?? '0');
         if (holder > 0 && processAlive(holder)) return undefined;
-        const info = await stat(path).catch(() => undefined);
+        const info = fs.statSync(path, { throwIfNoEntry: false });
         // A lock that was just created may not have its PID written yet.
         if (!holder && info && Date.now() - info.mtimeMs < 5000) return undefined;
-        await rm(path, { force: true });
+        fs.rmSync(path, { force: true });
       }
     }
     return undefined;
@@ -308,7 +341,7 @@ function processAlive(pid: number): boolean {
     process.kill(pid, 0);
     return true;
   } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
+    return errorCode(error) === 'EPERM';
   }
 }
 
@@ -324,7 +357,7 @@ export class SpoolWatcher {
   constructor(spool: Spool, directories: readonly string[]) {
     for (const directory of directories) {
       try {
-        const watcher = watch(join(spool.root, directory), { persistent: false }, () => this.wake());
+        const watcher = fs.watch(join(spool.root, directory), { persistent: false }, () => this.wake());
         watcher.on('error', () => {});
         this.watchers.push(watcher);
       } catch {
