@@ -94,8 +94,12 @@ export function processStartedAt(): number {
 
 /** The size and mtime of a WAL file (what a marker records), or undefined if it is missing. */
 export async function walFileInfo(path: string): Promise<{ size: number; mtimeMs: number } | undefined> {
-  const info = fs.statSync(path, { throwIfNoEntry: false });
-  return info ? { size: info.size, mtimeMs: info.mtimeMs } : undefined;
+  try {
+    const info = fs.statSync(path, { throwIfNoEntry: false });
+    return info ? { size: info.size, mtimeMs: info.mtimeMs } : undefined;
+  } catch {
+    return undefined; // unreadable (EACCES, …): treated as missing
+  }
 }
 
 /**
