@@ -13,7 +13,7 @@ import { open } from 'node:fs/promises';
 import { encodeBuffer, type WriteFormat } from '../pipeline/object-format.ts';
 import { isNewPage, pageChecksum, pageLsn, RELSEG_BLOCKS, storedChecksum } from '../postgres/page.ts';
 import { badChecksumPages } from '../postgres/page-checksums.ts';
-import { alignedBuffers, type DirectReads } from '../util/direct-io.ts';
+import { alignedBuffers, type DataFileReader, type DirectReads } from '../util/direct-io.ts';
 import { freeNow } from '../util/memory.ts';
 import type { Extent, ManifestEntry } from './backup-manifest.ts';
 import { blobChecksum, needsBlobChecksum } from './blob-check.ts';
@@ -249,6 +249,68 @@ async function sha256OfFile(path: string, buffers: BufferPool): Promise<string> 
   return hash.digest('hex');
 }
 
+/**
+ * A file in buffer-sized pieces, read one piece ahead: the next read is under way while the
+ * current piece is checked and handed to an encoder. Direct reads wait for the device: one at a
+ * time they ran at 630 MB/s here, with one more under way at 1 GB/s.
+ */
+class PieceReader {
+  private readonly reader: DataFileReader;
+  private readonly buffers: BufferPool;
+  private ahead: { buffer: Buffer; read: Promise<number> } | undefined;
+  private position = 0;
+  private ended = false;
+
+  constructor(reader: DataFileReader, buffers: BufferPool) {
+    this.reader = reader;
+    this.buffers = buffers;
+  }
+
+  private readAhead(): void {
+    const buffer = this.buffers.take();
+    const read = this.reader.read(buffer, buffer.length, this.position);
+    read.catch(() => {}); // awaited by next() or close()
+    this.ahead = { buffer, read };
+    this.position += buffer.length;
+  }
+
+  /** The next piece, whose buffer the caller then owns (BufferPool.give); undefined at the end. */
+  async next(): Promise<{ buffer: Buffer; bytes: number } | undefined> {
+    if (this.ended) return undefined;
+    if (!this.ahead) this.readAhead();
+    const { buffer, read } = this.ahead!;
+    this.ahead = undefined;
+    let bytes: number;
+    try {
+      bytes = await read;
+    } catch (error) {
+      this.ended = true;
+      this.buffers.give(buffer);
+      throw error;
+    }
+    // A short read is the end of the file (as it was when read).
+    if (bytes < buffer.length) this.ended = true;
+    else this.readAhead();
+    if (bytes === 0) {
+      this.buffers.give(buffer);
+      return undefined;
+    }
+    return { buffer, bytes };
+  }
+
+  /** Waits for a read still under way, takes its buffer back and closes the file. */
+  async close(): Promise<void> {
+    const ahead = this.ahead;
+    this.ahead = undefined;
+    this.ended = true;
+    if (ahead) {
+      await ahead.read.catch(() => {});
+      this.buffers.give(ahead.buffer);
+    }
+    await this.reader.close();
+  }
+}
+
 export async function backupFile(
   file: { path: string; absolute: string; mode: number; mtimeMs: number; relation: boolean },
   base: FileEntry | undefined,
@@ -285,16 +347,16 @@ export async function backupFile(
     runStart = -1;
   };
 
-  const reader = await ctx.reads.open(file.absolute, file.relation);
+  const pieces = new PieceReader(await ctx.reads.open(file.absolute, file.relation), buffers);
   try {
     let number = 0; // of the first block in the buffer
     for (;;) {
       ctx.signal?.throwIfAborted();
-      const buffer = buffers.take();
+      const piece = await pieces.next();
+      if (!piece) break;
+      const { buffer, bytes: bytesRead } = piece;
       let kept = false;
       try {
-        const bytesRead = await reader.read(buffer, buffer.length, size);
-        if (bytesRead === 0) break;
         size += bytesRead;
         hash?.update(buffer.subarray(0, bytesRead));
         const blocks = Math.ceil(bytesRead / blockSize);
@@ -335,7 +397,6 @@ export async function backupFile(
           }
         }
         number += blocks;
-        if (bytesRead < buffer.length) break;
       } finally {
         if (!kept) buffers.give(buffer);
       }
@@ -344,7 +405,7 @@ export async function backupFile(
     await builder.finish();
   } finally {
     builder.discard();
-    await reader.close();
+    await pieces.close();
   }
 
   const extents = referenced.concat(builder.extents).sort((a, b) => a[0] - b[0]);
