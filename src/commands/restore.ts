@@ -18,10 +18,11 @@ import { acquireReaderLease, type RepositoryLock } from '../repo/lock.ts';
 import { checkTimeReachable } from '../repo/recoverability.ts';
 import { Repository } from '../repo/repository.ts';
 import { listWalObjects } from '../repo/wal-archive.ts';
-import { DecoderPool, restoreFiles, syncFilesystems, WINDOW_BLOCKS, type FileToRestore } from '../repo/restore-files.ts';
+import { DecoderPool, ReadAhead, RANGE_MAX, restoreFiles, syncFilesystems, WINDOW_BLOCKS, type FileToRestore } from '../repo/restore-files.ts';
 import { Semaphore } from '../util/concurrency.ts';
 import { AlignedBufferPool, DirectIo } from '../util/direct-io.ts';
 import { log } from '../util/log.ts';
+import { ReusableBuffers } from '../util/memory.ts';
 import { createProgress } from '../util/progress.ts';
 import { formatBytes, formatDuration } from '../util/units.ts';
 
@@ -188,6 +189,10 @@ export async function run(ctx: CommandContext): Promise<number> {
     const windows = new AlignedBufferPool(loaded.config['process-max'] + 2, WINDOW_BLOCKS * backup.blockSize);
     const direct = loaded.config['restore-direct-io'] && !delta ? new DirectIo() : undefined;
     const decoders = new DecoderPool(identities, loaded.config['process-max']);
+    // Per restore, not per batch: process-max ranged GETs of up to 4 MiB, and twice process-max
+    // windows' worth of decoded content (blobs still in use included).
+    const blobBuffers = new ReusableBuffers(WINDOW_BLOCKS * backup.blockSize + 1);
+    const readAhead = new ReadAhead({ fetchBytes: loaded.config['process-max'] * RANGE_MAX, decodeBytes: loaded.config['process-max'] * 2 * WINDOW_BLOCKS * backup.blockSize });
     // Files go in batches whose blobs are fetched together (see restore-files.ts); batches run
     // concurrently, bounded by the fetchers, and their directories exist before they run.
     let batch: FileToRestore[] = [];
@@ -198,7 +203,7 @@ export async function run(ctx: CommandContext): Promise<number> {
       batch = [];
       batchBytes = 0;
       while (running.size >= 2) await Promise.race(running);
-      const job = restoreFiles(repo, files, { blockSize: backup.blockSize, fetchers, processMax: loaded.config['process-max'], decoders, lookaheadBytes: loaded.config['process-max'] * 2 * WINDOW_BLOCKS * backup.blockSize, windows, delta, direct, onBytes: (n) => progress.add(n) })
+      const job = restoreFiles(repo, files, { blockSize: backup.blockSize, fetchers, processMax: loaded.config['process-max'], decoders, readAhead, blobBuffers, windows, delta, direct, onBytes: (n) => progress.add(n) })
         .then((result) => {
           written += result.written;
           filesRestored += files.length;

@@ -39,6 +39,8 @@ export function zstdFrameLength(data: Buffer, offset = 0): number | undefined {
 }
 
 const OUTPUT_CHUNK = 1 << 20;
+/** zlib's output buffer while no caller-provided one is in use (ZstdFrameSequence.decodeParts). */
+const IDLE_OUTPUT = 64 * 1024;
 
 class FrameCompressor {
   private readonly stream: ZstdCompress;
@@ -121,16 +123,9 @@ export class ZstdFrameSequence {
   private output: Buffer[] = [];
   private failure: Error | undefined;
 
-  private readonly chunkSize: number;
-  private produced = 0;
-
-  constructor(chunkSize = 1 << 20) {
-    this.chunkSize = chunkSize;
+  constructor(chunkSize = OUTPUT_CHUNK) {
     this.stream = createZstdDecompress({ chunkSize });
-    this.stream.on('data', (chunk: Buffer) => {
-      this.produced += chunk.length;
-      this.output.push(chunk);
-    });
+    this.stream.on('data', (chunk: Buffer) => this.output.push(chunk));
     this.stream.on('error', (error) => {
       this.failure ??= error;
       // zlib does not call back the write it failed on.
@@ -139,15 +134,6 @@ export class ZstdFrameSequence {
   }
 
   private pending: ((error: Error) => void) | undefined;
-
-  /**
-   * Whether the next frame's content starts at the beginning of a fresh zlib output buffer: true
-   * as long as every frame so far filled whole buffers. Then a frame of chunkSize bytes comes out
-   * as one buffer of its own, which the caller may free at once (util/memory.ts).
-   */
-  get aligned(): boolean {
-    return this.produced % this.chunkSize === 0;
-  }
 
   /**
    * The content of one blob. A blob is normally one frame; older writers sometimes appended an
@@ -164,20 +150,51 @@ export class ZstdFrameSequence {
    * of zlib's output buffer comes out in two. Joining them would copy every such blob once more
    * (a second of CPU and most of the garbage in a restore of an incremental).
    *
+   * With `output`, the content is decoded into it: the first part is a view of `output` (from
+   * its start), and only content that does not fit comes in further parts of zlib's own. A
+   * restore decodes every blob into a buffer it reuses (restore-files.ts): a fresh 1 MiB zlib
+   * buffer per blob churned malloc's heap, which kept tens of MiB it could not give back.
+   * (Node has no public way to choose the output buffer of a zlib stream: this sets the
+   * stream's fields for it, `_outBuffer`, `_outOffset` and `_chunkSize`, unchanged since
+   * Node 0.10; where they are missing, zlib's own buffers are used, as without `output`.)
+   *
    * The parts stay valid as long as the caller holds them, also across later decodes: restore
    * keeps decoded blobs until the last window that needs them is assembled (restore-files.ts)
    * and frees them itself. Never free earlier output here.
    */
-  async decodeParts(blob: Buffer): Promise<Buffer[]> {
+  async decodeParts(blob: Buffer, output?: Buffer): Promise<Buffer[]> {
     const parts: Buffer[] = [];
-    let offset = 0;
-    do {
-      const length = zstdFrameLength(blob, offset);
-      if (length === undefined) throw new Error(`not a whole zstd frame at byte ${offset} of ${blob.length}`);
-      for (const part of await this.decodeFrame(blob.subarray(offset, offset + length))) if (part.length > 0) parts.push(part);
-      offset += length;
-    } while (offset < blob.length);
+    const redirected = output !== undefined && this.redirectOutput(output);
+    try {
+      let offset = 0;
+      do {
+        const length = zstdFrameLength(blob, offset);
+        if (length === undefined) throw new Error(`not a whole zstd frame at byte ${offset} of ${blob.length}`);
+        for (const part of await this.decodeFrame(blob.subarray(offset, offset + length))) if (part.length > 0) parts.push(part);
+        offset += length;
+      } while (offset < blob.length);
+    } finally {
+      // zlib must never write into the caller's buffer once this returns.
+      if (redirected) this.redirectOutput(this.idleOutput());
+    }
     return parts;
+  }
+
+  private spare: Buffer | undefined;
+
+  /** A small buffer of our own that zlib points at between caller-provided outputs. */
+  private idleOutput(): Buffer {
+    return (this.spare ??= Buffer.allocUnsafeSlow(IDLE_OUTPUT));
+  }
+
+  /** Makes zlib write its next output at the start of `buffer`; false where Node lacks the fields. */
+  private redirectOutput(buffer: Buffer): boolean {
+    const fields = this.stream as unknown as { _outBuffer?: unknown; _outOffset?: unknown; _chunkSize?: unknown };
+    if (!Buffer.isBuffer(fields._outBuffer) || typeof fields._outOffset !== 'number' || typeof fields._chunkSize !== 'number') return false;
+    fields._outBuffer = buffer;
+    fields._outOffset = 0;
+    fields._chunkSize = buffer.length;
+    return true;
   }
 
   private decodeFrame(frame: Buffer): Promise<Buffer[]> {

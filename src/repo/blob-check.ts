@@ -11,6 +11,7 @@ import { codecOfKey } from '../pipeline/codec.ts';
 import type { WriteFormat } from '../pipeline/object-format.ts';
 import { decodeBuffer, decryptBuffer, isEncryptedKey } from '../pipeline/object-format.ts';
 import { ZstdFrameSequence } from '../pipeline/zstd-frames.ts';
+import { freeNow } from '../util/memory.ts';
 import type { BlobRef } from './restore-files.ts';
 
 /** Whether blobs written in `format` need a recorded checksum (their encoding has none). */
@@ -40,10 +41,12 @@ export async function decodeBlob(stored: Buffer, packKey: string, where: { packI
 }
 
 export interface RangeDecoder {
-  /** The blob's content in consecutive pieces (ZstdFrameSequence.decodeParts). */
-  decode(stored: Buffer, where: BlobRef): Promise<Buffer[]>;
-  /** See ZstdFrameSequence.aligned (always true for other codecs: each blob is its own buffer). */
-  aligned(): boolean;
+  /**
+   * The blob's content in consecutive pieces. With `output`, the content is decoded (or copied)
+   * into it: the first piece is a view of `output` from its start, and only content that does
+   * not fit comes in further pieces, which the caller frees (ZstdFrameSequence.decodeParts).
+   */
+  decode(stored: Buffer, where: BlobRef, output?: Buffer): Promise<Buffer[]>;
   finish(): Promise<void>;
   close(): void;
 }
@@ -55,19 +58,39 @@ export interface RangeDecoder {
  * context is unusable: make a new decoder for the blobs after it.
  */
 export function rangeDecoder(key: string, identities: readonly string[]): RangeDecoder {
-  if (codecOfKey(key) !== 'zstd') return { decode: async (stored, where) => [await decodeBlob(stored, key, where, identities)], aligned: () => true, finish: async () => {}, close: () => {} };
+  if (codecOfKey(key) !== 'zstd') {
+    return {
+      decode: async (stored, where, output) => {
+        const content = await decodeBlob(stored, key, where, identities);
+        if (!output) return [content];
+        // Into the caller's buffer like zstd's, so that every blob's memory is handled alike;
+        // the decoder's own buffer is freed at once (a view of `stored`, compression none, is not ours).
+        const fits = Math.min(content.length, output.length);
+        content.copy(output, 0, 0, fits);
+        const parts = [output.subarray(0, fits)];
+        if (fits < content.length) parts.push(Buffer.from(content.subarray(fits)));
+        if (content.buffer !== stored.buffer) freeNow(content);
+        return parts;
+      },
+      finish: async () => {},
+      close: () => {},
+    };
+  }
   const frames = new ZstdFrameSequence();
   const encrypted = isEncryptedKey(key);
   return {
-    decode: async (stored, where) => {
+    decode: async (stored, where, output) => {
+      let compressed: Buffer | undefined;
       try {
-        return await frames.decodeParts(encrypted ? await decryptBuffer(stored, identities) : stored);
+        compressed = encrypted ? await decryptBuffer(stored, identities) : stored;
+        return await frames.decodeParts(compressed, output);
       } catch (error) {
         if (error instanceof PgarkError) throw error;
         throw new PgarkError('INTEGRITY', `a blob in pack ${where.packId} (offset ${where.offset}) is damaged: ${(error as Error).message}`, { cause: error });
+      } finally {
+        if (compressed !== undefined && compressed !== stored) freeNow(compressed);
       }
     },
-    aligned: () => frames.aligned,
     finish: () => frames.finish(),
     close: () => frames.close(),
   };

@@ -17,7 +17,7 @@
 import { closeSync, constants, futimesSync, ftruncateSync, openSync, read, write, writeSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { PgarkError } from '../errors.ts';
-import { freeNow } from '../util/memory.ts';
+import { freeNow, ReusableBuffers } from '../util/memory.ts';
 import { Semaphore } from '../util/concurrency.ts';
 import { isAlignedForDirectIo, type AlignedBufferPool, type DirectIo } from '../util/direct-io.ts';
 import type { ManifestEntry } from './backup-manifest.ts';
@@ -29,10 +29,8 @@ type FileEntry = Extract<ManifestEntry, { t: 'f' }>;
 
 /** Largest ranged GET (process-max of them are fetched ahead), and the largest hole between two
  * blobs still fetched in one range. */
-const RANGE_MAX = 4 * 1024 * 1024;
+export const RANGE_MAX = 2 * 1024 * 1024;
 const RANGE_GAP_MAX = 256 * 1024;
-/** Blobs with at least this much content are decoded by decoders kept aligned (BlobSupply). */
-const LARGE_BLOB_BYTES = 64 * 1024;
 /** Blocks per window: one blob's worth, so a full backup's window is one whole blob. */
 export const WINDOW_BLOCKS = 128;
 
@@ -40,12 +38,14 @@ export interface RestoreOptions {
   blockSize: number;
   /** Bounds ranged GETs in flight across all batches. */
   fetchers: Semaphore;
-  /** Times RANGE_MAX: the stored bytes fetched ahead per batch. */
+  /** Times RANGE_MAX: the stored bytes per stretch of blobs planned into ranges together. */
   processMax: number;
   /** Shared by all batches of the restore; finished by the caller. */
   decoders: DecoderPool;
-  /** Decoded content kept ahead of the window being assembled (besides blobs still in use). */
-  lookaheadBytes: number;
+  /** Shared by all batches of the restore: bounds what is fetched and decoded ahead. */
+  readAhead: ReadAhead;
+  /** Buffers of one window (plus a byte) that large blobs are decoded into, shared by all batches. */
+  blobBuffers: ReusableBuffers;
   /** Buffers of WINDOW_BLOCKS blocks that windows are assembled in; bounds writes in flight. */
   windows: AlignedBufferPool;
   delta: boolean;
@@ -202,30 +202,72 @@ interface RangeState {
 }
 
 /**
+ * The budget of what the batches of a restore fetch and decode ahead of the windows being
+ * assembled, shared by all of them: two batches run at once (the next one starts while the
+ * last windows of the previous are written), and with a budget each they held twice the
+ * memory. The older batch fills its lookahead first; a younger one gets what is left, so
+ * the budget passes from one batch to the next as the older drains.
+ */
+export class ReadAhead {
+  /** Stored bytes of ranges started and not yet fully decoded. */
+  fetched = 0;
+  /** Content bytes of blobs scheduled for decoding and not yet released (blobs still in use included). */
+  decoded = 0;
+  readonly fetchLimit: number;
+  readonly decodeLimit: number;
+  private readonly supplies: BlobSupply[] = []; // in the order the batches started
+
+  constructor(limits: { fetchBytes: number; decodeBytes: number }) {
+    this.fetchLimit = limits.fetchBytes;
+    this.decodeLimit = limits.decodeBytes;
+  }
+
+  join(supply: BlobSupply): void {
+    this.supplies.push(supply);
+  }
+
+  leave(supply: BlobSupply): void {
+    const at = this.supplies.indexOf(supply);
+    if (at >= 0) this.supplies.splice(at, 1);
+    this.fill();
+  }
+
+  /** Starts what the budget allows, oldest batch first. */
+  fill(): void {
+    for (const supply of this.supplies) {
+      if (this.decoded >= this.decodeLimit && this.fetched >= this.fetchLimit) return;
+      supply.fillAhead();
+    }
+  }
+}
+
+/**
  * Decoded blobs for the windows, in the order of their first use. Ranges (neighbouring blobs of
- * a pack, up to RANGE_MAX stored bytes) are fetched up to `fetchAheadBytes` ahead; blobs are
- * decoded up to `lookaheadBytes` of content ahead, each on its own by one of the pooled
- * decoders (DecoderPool), so a range of eighty highly compressible blobs still decodes on every core.
- * get() always starts what the blob asked for needs, whatever the budgets: no deadlock.
+ * a pack, up to RANGE_MAX stored bytes) are fetched ahead and blobs are decoded ahead within the
+ * restore's ReadAhead budget, each blob on its own by one of the pooled decoders (DecoderPool),
+ * so a range of eighty highly compressible blobs still decodes on every core. get() always
+ * starts what the blob asked for needs, whatever the budget: no deadlock.
  */
 class BlobSupply {
   private readonly contents: (Promise<Buffer[]> | undefined)[] = [];
+  /** The buffer each blob is decoded into, from when its decode starts until it is released. */
+  private readonly outputs: (Buffer | undefined)[] = [];
   private readonly order: number[] = [];
   private readonly position: number[] = []; // blob -> its index in order
   private readonly ranges: RangeState[] = []; // in the order of their first blob's use
   private readonly rangeOf: number[] = []; // blob -> index in ranges
   private nextFetch = 0; // ranges before it have been started
   private nextDecode = 0; // blobs of `order` before it have been scheduled
-  private fetchedAhead = 0; // stored bytes of started ranges not yet fully decoded
-  private decodedAhead = 0; // content bytes of scheduled blobs not yet released
   private readonly repo: Repository;
   private readonly blobs: readonly PlannedBlob[];
   private readonly options: RestoreOptions;
+  private readonly budget: ReadAhead;
 
   constructor(repo: Repository, blobs: readonly PlannedBlob[], windows: readonly Window[], options: RestoreOptions) {
     this.repo = repo;
     this.blobs = blobs;
     this.options = options;
+    this.budget = options.readAhead;
     const seen = new Uint8Array(blobs.length);
     for (const window of windows) {
       for (const piece of window.pieces) {
@@ -253,28 +295,62 @@ class BlobSupply {
         this.ranges.push({ range, undecoded });
       }
     }
+    this.budget.join(this);
   }
 
   get(blob: number): Promise<Buffer[]> {
     while (this.nextDecode <= this.position[blob]!) this.scheduleDecode(this.order[this.nextDecode++]!);
-    while (this.nextDecode < this.order.length && this.decodedAhead < this.options.lookaheadBytes) this.scheduleDecode(this.order[this.nextDecode++]!);
-    while (this.nextFetch < this.ranges.length && this.fetchedAhead < this.options.processMax * RANGE_MAX) this.fetch(this.ranges[this.nextFetch++]!);
+    this.budget.fill();
     return this.contents[blob]!;
+  }
+
+  /** Decodes and fetches ahead as far as the shared budget allows. */
+  fillAhead(): void {
+    while (this.nextDecode < this.order.length && this.budget.decoded < this.budget.decodeLimit) {
+      // Decoding ahead does not start fetches past the fetch budget either: an incremental's
+      // blobs come from ranges of several backups, each up to RANGE_MAX.
+      if (!this.ranges[this.rangeOf[this.order[this.nextDecode]!]!]!.started && this.budget.fetched >= this.budget.fetchLimit) break;
+      this.scheduleDecode(this.order[this.nextDecode++]!);
+    }
+    while (this.nextFetch < this.ranges.length && this.budget.fetched < this.budget.fetchLimit) this.fetch(this.ranges[this.nextFetch++]!);
   }
 
   release(blob: number): void {
     const content = this.contents[blob];
     if (!content) return;
     this.contents[blob] = undefined;
-    this.decodedAhead -= this.blobs[blob]!.contentBytes;
-    void content.then((parts) => parts.forEach(freeNow), () => {});
+    this.budget.decoded -= this.outputSize(blob);
+    // Once the decode has ended (zlib no longer writes into the buffer).
+    void content.then((parts) => parts, () => []).then((parts) => {
+      const output = this.outputs[blob];
+      this.outputs[blob] = undefined;
+      for (const part of parts) if (part.buffer !== output?.buffer) freeNow(part);
+      if (output) this.options.blobBuffers.give(output);
+    });
+  }
+
+  /**
+   * The size of the buffer a blob is decoded into, which is what it costs in the budget: a
+   * reused window-sized one for large blobs, one of its own size for small ones (a small file's
+   * blob in a window-sized buffer would hold a MiB for a few KiB). One byte more than the
+   * content: zlib asks for another buffer when the content fills one exactly.
+   */
+  private outputSize(blob: number): number {
+    const content = this.blobs[blob]!.contentBytes;
+    return content >= this.options.blobBuffers.size / 2 ? this.options.blobBuffers.size : content + 1;
+  }
+
+  /** Releases every blob still held and gives the budget back (the batch is done or failed). */
+  finish(): void {
+    for (let blob = 0; blob < this.blobs.length; blob++) this.release(blob);
+    this.budget.leave(this);
   }
 
   private fetch(state: RangeState): void {
     if (state.started) return;
     state.started = true;
     const stored = state.range.end - state.range.start;
-    this.fetchedAhead += stored;
+    this.budget.fetched += stored;
     state.data = (async () => {
       const release = await this.options.fetchers.acquire();
       try {
@@ -288,24 +364,31 @@ class BlobSupply {
 
   private scheduleDecode(blob: number): void {
     const planned = this.blobs[blob]!;
-    this.decodedAhead += planned.contentBytes;
+    const outputSize = this.outputSize(blob);
+    this.budget.decoded += outputSize;
     const state = this.ranges[this.rangeOf[blob]!]!;
     this.fetch(state);
-    const key = packKey(state.range.packId);
     const content = (async (): Promise<Buffer[]> => {
       let data: Buffer | undefined;
       try {
         data = await state.data!;
         const stored = data.subarray(planned.offset - state.range.start, planned.offset - state.range.start + planned.length);
-        const parts = await this.options.decoders.decode(state.range.packId, stored, planned, planned.contentBytes >= LARGE_BLOB_BYTES);
-        // A blob stored with compression none decodes to a view of the fetched range: copied, so
-        // that the range can be freed as soon as its last blob is decoded, as for the others.
-        return parts.map((part) => (part.buffer === data!.buffer ? Buffer.from(part) : part));
+        const output = outputSize === this.options.blobBuffers.size ? this.options.blobBuffers.take() : Buffer.allocUnsafeSlow(outputSize);
+        this.outputs[blob] = output;
+        const parts = await this.options.decoders.decode(state.range.packId, stored, planned, output);
+        // Content past the furthest byte any window reads (blocks a later backup replaced)
+        // is not kept.
+        let kept = 0;
+        let start = 0;
+        while (kept < parts.length && start < planned.contentBytes) start += parts[kept++]!.length;
+        for (const unneeded of parts.splice(kept)) if (unneeded.buffer !== output.buffer) freeNow(unneeded);
+        return parts;
       } finally {
         if (--state.undecoded === 0) {
-          this.fetchedAhead -= state.range.end - state.range.start;
+          this.budget.fetched -= state.range.end - state.range.start;
           state.data = undefined;
           if (data) freeNow(data);
+          this.budget.fill();
         }
       }
     })();
@@ -336,12 +419,10 @@ export function copyFromParts(parts: readonly Buffer[], from: number, length: nu
 
 /**
  * Decompression contexts shared by all batches of a restore (a context costs a zlib stream and
- * its buffers: made per batch, they were a third of the CPU of restoring 100,000 small files).
- * Pooled by codec and encryption (the pack id's suffix) and by size: a decoder that only ever
- * decodes whole windows hands each one out as a buffer of its own, freed as soon as the window
- * is written; one that decoded a shorter blob would split every later window across two of
- * zlib's buffers, kept until the GC gets to them, so it is retired. Small blobs share decoders
- * of their own. At most `parallel` decode at once.
+ * its buffers: made per batch, they were a third of the CPU of restoring 100,000 small files),
+ * pooled by codec and encryption (the pack id's suffix). Every blob is decoded into a buffer
+ * the caller gives (BlobSupply), so any context serves any blob. At most `parallel` decode at
+ * once.
  */
 export class DecoderPool {
   private readonly idle = new Map<string, RangeDecoder[]>();
@@ -353,20 +434,16 @@ export class DecoderPool {
     this.slots = new Semaphore(parallel);
   }
 
-  async decode(packId: string, stored: Buffer, blob: BlobRef, large: boolean): Promise<Buffer[]> {
+  async decode(packId: string, stored: Buffer, blob: BlobRef, output: Buffer): Promise<Buffer[]> {
     const dot = packId.indexOf('.');
-    const kind = `${dot < 0 ? '' : packId.slice(dot)}${large ? ' large' : ''}`;
+    const kind = dot < 0 ? '' : packId.slice(dot);
     const release = await this.slots.acquire();
     const decoder = this.idle.get(kind)?.pop() ?? rangeDecoder(packKey(packId), this.identities);
     try {
-      const parts = await decoder.decode(stored, blob);
-      if (large && !decoder.aligned()) {
-        decoder.close();
-      } else {
-        const pool = this.idle.get(kind) ?? [];
-        this.idle.set(kind, pool);
-        pool.push(decoder);
-      }
+      const parts = await decoder.decode(stored, blob, output);
+      const pool = this.idle.get(kind) ?? [];
+      this.idle.set(kind, pool);
+      pool.push(decoder);
       return parts;
     } catch (error) {
       decoder.close(); // unusable after a failure
@@ -462,7 +539,7 @@ export async function restoreFiles(repo: Repository, files: readonly FileToResto
   } finally {
     // After a failure, writes still in flight must end before their descriptors close.
     await Promise.allSettled(writing);
-    for (let blob = 0; blob < blobs.length; blob++) supply.release(blob);
+    supply.finish();
     for (const fd of [...fds, ...directFds]) if (fd !== undefined) closeSync(fd);
   }
   return { written };

@@ -17,3 +17,29 @@ export function freeNow(buffer: Buffer): void {
     // Not detachable (memory a native addon owns): the GC frees it.
   }
 }
+
+/**
+ * Buffers of one size, handed out again once given back instead of allocated anew. A program
+ * that allocates and frees a large buffer per unit of work (restore: a MiB per decoded blob)
+ * leaves glibc's heap fragmented, holding tens of MiB that it cannot return to the system;
+ * buffers that live as long as the process do not. A buffer of another size given back is
+ * freed at once.
+ */
+export class ReusableBuffers {
+  readonly size: number;
+  private readonly idle: Buffer[] = [];
+
+  constructor(size: number) {
+    this.size = size;
+  }
+
+  take(): Buffer {
+    return this.idle.pop() ?? Buffer.allocUnsafeSlow(this.size);
+  }
+
+  /** Returns a buffer from take(), no longer read or written by anyone. */
+  give(buffer: Buffer): void {
+    if (buffer.length === this.size && buffer.byteOffset === 0 && buffer.buffer.byteLength === this.size) this.idle.push(buffer);
+    else freeNow(buffer);
+  }
+}

@@ -72,3 +72,36 @@ test('ZstdFrameSequence refuses a cut blob and a damaged one', async () => {
   });
   sequence.close();
 });
+
+test('ZstdFrameSequence decodes into a buffer the caller gives, the rest of a longer content after it, and never writes into it later', async () => {
+  const sequence = new ZstdFrameSequence();
+  try {
+    const output = Buffer.alloc((1 << 20) + 1);
+    for (const content of contents()) {
+      output.fill(0xaa);
+      const parts = await sequence.decodeParts(await zstdFrame(content, 3), output);
+      assert.ok(Buffer.concat(parts).equals(content));
+      if (content.length > 0) {
+        assert.equal(parts[0]!.buffer, output.buffer, 'the content starts in the caller\'s buffer');
+        assert.equal(parts[0]!.byteOffset, output.byteOffset);
+      }
+      assert.equal(parts.length, content.length === 0 ? 0 : 1);
+      const kept = Buffer.from(output);
+      // Other blobs decoded afterwards (with zlib's own buffers or another one) leave it alone.
+      assert.ok((await sequence.decode(zstdCompressSync(randomBytes(200_000)))).length === 200_000);
+      await sequence.decodeParts(await zstdFrame(randomBytes(5000), 3), Buffer.alloc(8192));
+      assert.ok(output.equals(kept));
+    }
+    // Content longer than the buffer: the rest comes in parts of zlib's own.
+    const long = contents()[4]!;
+    const small = Buffer.alloc(100_000);
+    const parts = await sequence.decodeParts(await zstdFrame(long, 3), small);
+    assert.equal(parts[0]!.buffer, small.buffer);
+    assert.equal(parts[0]!.length, small.length);
+    assert.ok(parts.length > 1);
+    assert.ok(Buffer.concat(parts).equals(long));
+    await sequence.finish();
+  } finally {
+    sequence.close();
+  }
+});
