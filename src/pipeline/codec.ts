@@ -23,7 +23,8 @@ export const DEFAULT_LEVEL: Record<Codec, number | undefined> = { zstd: 3, gzip:
  * level 1 stores it 8.8:1 instead of 10.2:1. So do the blobs an incremental collects from
  * changed pages scattered among unchanged ones: after a 1 % random UPDATE of pgbench, level 1
  * (and 2) stored them 24 % larger (19.9 against 16.0 MiB), where level 3 keeps an incremental
- * near the size of its changed pages compressed alone (on the realistic set: 29.6 against 29.4).
+ * near the size of its changed pages compressed alone (on the realistic set: 29.6 against 29.4,
+ * which is why backup-files.ts drops to level 1 for a file whose scattered pages compress poorly).
  */
 export const BACKUP_DATA_DEFAULT_LEVEL: Record<Codec, number | undefined> = { ...DEFAULT_LEVEL, zstd: 1 };
 
