@@ -16,7 +16,8 @@
 #             another incremental. Before each change the relation files' pages are hashed; after it (and a
 #             CHECKPOINT) the pages that really changed are counted and compressed with zstd-3 (lib/pagemap.mjs):
 #             the physical floor. Each incremental is restored and checked like a full one.
-# Tools (variants): pgark-file (file:// repo on disk, defaults: backup data zstd-1, WAL zstd-3, process-max 4),
+# Tools (variants): pgark-file (file:// repo on disk, defaults: backup data zstd-1 — changed pages an incremental
+#   picks out: zstd-3 while they compress >= 4:1 —, WAL zstd-3, process-max 4),
 #   pgbr-posix-zst, pgbr-posix-lz4 (process-max 2), pgbr-posix-block (zst + repo1-bundle + repo1-block, 2.45's beta block
 #   incremental), pgark-s3, pgbr-s3-zst, pgbr-s3-lz4 (RGW through stunnel TLS), barman-s3 (barman-cloud-backup
 #   -J 2, no compression; no incremental). Optional, not in the default lists: pgbr-posix-zst1 and pgbr-s3-zst1
@@ -186,7 +187,7 @@ pgdata_bytes() { du -sb --exclude=pg_wal "$PGDATA" | cut -f1; }
 side_of() { case $1 in pgark*) echo pgark ;; *) echo peer ;; esac; }
 # pgark runs with its defaults (the configs below set no compression or process-max): src/pipeline/codec.ts
 # BACKUP_DATA_DEFAULT_LEVEL / DEFAULT_LEVEL, src/config/settings.ts process-max.
-PGARK_DEFAULTS_LABEL="zstd-1, WAL zstd-3, process-max 4"
+PGARK_DEFAULTS_LABEL="zstd-1, scattered incremental pages zstd-3 while >= 4:1, WAL zstd-3, process-max 4"
 label() {
   case $1 in
     pgark-file) echo "pgark, file repo ($PGARK_DEFAULTS_LABEL)" ;;
