@@ -7,6 +7,7 @@ import { Readable, type Transform } from 'node:stream';
 import { promisify } from 'node:util';
 import { gunzip, gzip, zstdDecompress } from 'node:zlib';
 import { runPipeline } from './run.ts';
+import { freeNow } from '../util/memory.ts';
 import { zstdFrame } from './zstd-frames.ts';
 import { CODEC_EXTENSION, codecOfKey, compressStage, decompressStage, DEFAULT_LEVEL, type Codec } from './codec.ts';
 
@@ -84,7 +85,9 @@ export async function decodeBuffer(stored: Readable | Buffer, key: string, ident
     return decompressOneShot(compressed, codec, expectedSize);
   }
   const source = Buffer.isBuffer(stored) ? Readable.from([stored]) : stored;
-  return collect(source, await decodeStages(key, identities));
+  // The decoded pieces are ours once joined: freed now, not at a distant full GC (lz4-napi's
+  // block outputs held ~130 MiB of a restore of an lz4 backup that way).
+  return collect(source, await decodeStages(key, identities), { freeChunksBut: Buffer.isBuffer(stored) ? stored : undefined });
 }
 
 /** Output chunk of the one-shot functions: zlib's 16 KiB default costs a callback per 16 KiB. */
@@ -123,10 +126,16 @@ async function decompressOneShot(content: Buffer, codec: 'zstd' | 'gzip' | 'none
   }
 }
 
-async function collect(source: Readable, stages: Transform[]): Promise<Buffer> {
+/**
+ * The output of `stages` in one buffer. With `freeChunksBut`, the stages' output chunks are freed
+ * once copied (util/memory.ts), except views of that buffer (the input, which the caller holds).
+ */
+async function collect(source: Readable, stages: Transform[], options: { freeChunksBut?: Buffer } = {}): Promise<Buffer> {
   const chunks: Buffer[] = [];
   await runPipeline([source, ...stages, async (output: AsyncIterable<Buffer>) => {
     for await (const chunk of output) chunks.push(chunk);
   }]);
-  return Buffer.concat(chunks);
+  const joined = Buffer.concat(chunks);
+  if ('freeChunksBut' in options) for (const chunk of chunks) if (chunk.buffer !== options.freeChunksBut?.buffer) freeNow(chunk);
+  return joined;
 }

@@ -38,7 +38,13 @@ export function zstdFrameLength(data: Buffer, offset = 0): number | undefined {
   return position <= data.length ? position - offset : undefined;
 }
 
+/**
+ * zlib's output buffer of a decompressor. A compressor's is smaller: each pooled compressor
+ * keeps one (up to 8 per level, two levels in a backup), and a compressed blob is rarely over
+ * 256 KiB by much.
+ */
 const OUTPUT_CHUNK = 1 << 20;
+const COMPRESS_OUTPUT_CHUNK = 256 * 1024;
 /** zlib's output buffer while no caller-provided one is in use (ZstdFrameSequence.decodeParts). */
 const IDLE_OUTPUT = 64 * 1024;
 
@@ -49,7 +55,7 @@ class FrameCompressor {
 
   constructor(level: number) {
     this.stream = createZstdCompress({
-      chunkSize: OUTPUT_CHUNK,
+      chunkSize: COMPRESS_OUTPUT_CHUNK,
       params: { [constants.ZSTD_c_compressionLevel]: level, [constants.ZSTD_c_checksumFlag]: 1 },
     });
     this.stream.on('data', (chunk: Buffer) => this.output.push(chunk));
@@ -68,21 +74,26 @@ class FrameCompressor {
         if (this.failure) return reject(this.failure);
         const chunks = this.output;
         this.output = [];
-        const output = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+        // Copied into a buffer of its own (the caller may free it when done), in one copy.
+        let frame = Buffer.allocUnsafeSlow(chunks.reduce((sum, chunk) => sum + chunk.length, 0));
+        let at = 0;
+        for (const chunk of chunks) at += chunk.copy(frame, at);
         // When zlib's output buffer fills up exactly at the end of the frame, it calls zstd with
         // ZSTD_e_end once more, which starts and ends a second, empty frame: drop it.
-        const length = zstdFrameLength(output) ?? output.length;
-        // A copy of its own (the caller may free it when done), and zlib's output buffers that
-        // this frame finished are freed now rather than at a distant full garbage collection:
-        // their slices were all copied out, and zlib writes on in a new one.
-        const frame = Buffer.allocUnsafeSlow(length);
-        output.copy(frame, 0, 0, length);
-        if (chunks.length > 1) freeNow(output);
+        const length = zstdFrameLength(frame) ?? frame.length;
+        if (length < frame.length) {
+          const whole = Buffer.allocUnsafeSlow(length);
+          frame.copy(whole, 0, 0, length);
+          freeNow(frame);
+          frame = whole;
+        }
+        // zlib's output buffers that this frame finished are freed now rather than at a distant
+        // full garbage collection: their slices were all copied out, and zlib writes on in a new one.
         const current = (this.stream as unknown as { _outBuffer?: Buffer })._outBuffer?.buffer;
         if (current !== undefined) {
           for (const retired of new Set(chunks.map((chunk) => chunk.buffer))) {
             // (never a small shared allocation pool)
-            if (retired !== current && retired.byteLength >= OUTPUT_CHUNK) freeNow(Buffer.from(retired));
+            if (retired !== current && retired.byteLength >= COMPRESS_OUTPUT_CHUNK) freeNow(Buffer.from(retired));
           }
         }
         resolve(frame);
