@@ -4,8 +4,11 @@
  *
  * The block codec is lz4-napi (the Rust lz4_flex crate behind N-API, with prebuilt binaries
  * shipped as npm packages); it only codes single blocks, so the frame format around them is
- * ours. Blocks are coded on libuv's thread pool, a few at a time and written in order: that
- * keeps the event loop free and uses more than one core. Memory stays bounded whatever the
+ * ours. Blocks are compressed on libuv's thread pool, a few at a time and written in order: that
+ * keeps the event loop free and uses more than one core. They are decompressed on the main thread
+ * (lz4 decodes at GB/s): lz4-napi brings its own allocator (mimalloc), whose per-thread heaps in
+ * the thread pool kept ~100 MiB of freed block outputs during a restore (257 against 130 MiB peak
+ * RSS for a chain with an lz4 full backup, same CPU). Memory stays bounded whatever the
  * input size: a few blocks in flight, and output waits for the reader (backpressure).
  *
  * We write one frame: a 7-byte header (independent 256 KiB blocks, block checksums), the blocks
@@ -30,7 +33,6 @@ import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import {
   compress as compressBlockAsync,
-  uncompress as decompressBlockAsync,
   uncompressSync as decompressBlockSync,
 } from 'lz4-napi';
 import { PgarkError } from '../errors.ts';
@@ -462,7 +464,7 @@ class Lz4DecompressStream extends BackpressuredTransform {
     } else if (frame.independent) {
       // The size header is the most the block may decode to; lz4_flex refuses more.
       data.writeUInt32LE(frame.blockMaxSize, 0);
-      const result = data.length < 64 * 1024 ? syncDecode(data) : decompressBlockAsync(data);
+      const result = syncDecode(data);
       result.catch(() => {}); // awaited in order by #writeOldest
       this.#inFlight.push({ frame, block, result });
     } else {
@@ -471,10 +473,7 @@ class Lz4DecompressStream extends BackpressuredTransform {
       data.writeUInt32LE(frame.blockMaxSize, 0);
       let output: Buffer;
       try {
-        output =
-          data.length < 64 * 1024
-            ? decompressBlockSync(data, frame.history)
-            : await decompressBlockAsync(data, frame.history);
+        output = decompressBlockSync(data, frame.history);
       } catch (error) {
         throw corruptBlock(frame, block, error);
       }
