@@ -25,7 +25,7 @@ import { parseWalFileName, requireWalFileName, segmentName, segmentNumber } from
 import { walDirectoryOf } from '../repo/layout.ts';
 import { Repository } from '../repo/repository.ts';
 import { Spool } from '../repo/spool.ts';
-import { findStoredWal, listWalObjects, readStoredWal, type StoredWalObject } from '../repo/wal-archive.ts';
+import { findStoredWal, listWalObjects, WalReadBuffers, type StoredWalObject } from '../repo/wal-archive.ts';
 import { mapSettled } from '../util/concurrency.ts';
 import { log } from '../util/log.ts';
 
@@ -65,6 +65,8 @@ class Prefetcher {
   private readonly ctx: CommandContext;
   private readonly spool: Spool;
   private repo!: Repository;
+  /** Segment buffers and zstd contexts, reused from one download to the next. */
+  private reads!: WalReadBuffers;
   /** Downloads into fetched/ running now, by name (window and requests share them). */
   private readonly downloads = new Map<string, Promise<void>>();
   /** Requests seen: name → token. A request is handled once per token. */
@@ -80,6 +82,7 @@ class Prefetcher {
 
   async run(repo: Repository, start: string): Promise<void> {
     this.repo = repo;
+    this.reads = new WalReadBuffers(repo.identity!.postgres.walSegmentSize);
     const watchers = this.watchSpool();
     try {
       // A position left by an earlier replay is not ours: start after `start`, follow changes.
@@ -116,6 +119,7 @@ class Prefetcher {
       await Promise.allSettled(this.serving);
     } finally {
       for (const watcher of watchers) watcher.close();
+      this.reads.close();
     }
   }
 
@@ -179,7 +183,8 @@ class Prefetcher {
     if (existing) return existing;
     const started = Date.now();
     const download = (async () => {
-      await this.spool.storeFetched(object.name, await readStoredWal(this.repo, object));
+      // Verified before it is written (storeFetched makes it appear at once, complete).
+      await this.reads.withContent(this.repo, object, (content) => this.spool.storeFetched(object.name, content));
       log.debug(`prefetched ${object.name}`, { ms: Date.now() - started });
     })().finally(() => this.downloads.delete(object.name));
     this.downloads.set(object.name, download);

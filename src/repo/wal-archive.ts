@@ -9,11 +9,13 @@
  */
 import { createHash } from 'node:crypto';
 import { PgarkError } from '../errors.ts';
-import { decodeBuffer, encodeBuffer, isEncryptedKey, suffixOf } from '../pipeline/object-format.ts';
+import { decodeBuffer, decodeBufferInto, encodeBuffer, isEncryptedKey, suffixOf, type ReusedDecoding } from '../pipeline/object-format.ts';
+import { ZstdFrameSequence } from '../pipeline/zstd-frames.ts';
 import { checkSegmentHeader, parseWalFileName, requireWalFileName } from '../postgres/wal.ts';
 import type { ObjectInfo } from '../storage/types.ts';
 import { parseWalObjectKey, WAL_PREFIX, walObjectKey, walObjectPrefix } from './layout.ts';
 import type { Repository } from './repository.ts';
+import { freeNow, ReusableBuffers } from '../util/memory.ts';
 
 export function sha256Hex(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
@@ -94,14 +96,28 @@ export async function fetchWalFile(repo: Repository, name: string): Promise<Buff
   return stored && readStoredWal(repo, stored);
 }
 
-/** Downloads and verifies one stored WAL object. */
-export async function readStoredWal(repo: Repository, object: { key: string; name: string; sha256: string }): Promise<Buffer> {
+/** Where readStoredWal decodes into, when the caller reuses buffers (WalReadBuffers). */
+interface DecodeTarget {
+  output: Buffer;
+  reused: ReusedDecoding;
+}
+
+/**
+ * Downloads and verifies one stored WAL object. With `into`, the content is decoded into
+ * `into.output` (a view of it is returned when it fits).
+ */
+export async function readStoredWal(repo: Repository, object: { key: string; name: string; sha256: string }, into?: DecodeTarget): Promise<Buffer> {
   const identities = isEncryptedKey(object.key) ? await repo.identities(`WAL file ${object.name}`) : [];
   let content: Buffer;
   try {
-    const kind = parseWalFileName(object.name)?.kind;
-    const expectedSize = kind === 'segment' || kind === 'partial' ? repo.identity?.postgres.walSegmentSize : undefined;
-    content = await decodeBuffer(await repo.storage.get(object.key), object.key, identities, expectedSize);
+    const stored = await repo.storage.get(object.key);
+    if (into) {
+      content = await decodeBufferInto(stored, object.key, identities, into.output, into.reused);
+    } else {
+      const kind = parseWalFileName(object.name)?.kind;
+      const expectedSize = kind === 'segment' || kind === 'partial' ? repo.identity?.postgres.walSegmentSize : undefined;
+      content = await decodeBuffer(stored, object.key, identities, expectedSize);
+    }
   } catch (error) {
     if (error instanceof PgarkError) throw error;
     throw new PgarkError('INTEGRITY', `${object.name} in the archive is damaged: ${(error as Error).message}`, { cause: error });
@@ -110,6 +126,57 @@ export async function readStoredWal(repo: Repository, object: { key: string; nam
     throw new PgarkError('INTEGRITY', `${object.name} in the archive failed its SHA-256 check`, { hint: 'the stored object was changed or damaged' });
   }
   return content;
+}
+
+/** zlib's own output buffer of a pooled decompressor: it only ever writes into ours. */
+const IDLE_DECODER_CHUNK = 64 * 1024;
+/** The first buffer for an object's compressed bytes; grown to the largest object seen. */
+const FIRST_COMPRESSED_BUFFER = 1 << 20;
+
+/**
+ * Reads of WAL objects into buffers reused from one object to the next, with reused zstd
+ * contexts (the background prefetcher, which reads segment after segment): a fresh
+ * segment-sized buffer per segment cost about as much CPU in page faults and garbage
+ * collection as the decompression itself. The push side does the same (push-ahead.ts).
+ */
+export class WalReadBuffers {
+  /** One byte over a segment: zlib then sees the end of the frame within the buffer. */
+  private readonly buffers: ReusableBuffers;
+  private readonly idle: ReusedDecoding[] = [];
+
+  constructor(walSegmentSize: number) {
+    this.buffers = new ReusableBuffers(walSegmentSize + 1);
+  }
+
+  /**
+   * Downloads, decodes and verifies `object` (as readStoredWal) and hands the verified content
+   * to `use`; the buffer is reused once `use` has settled, so `use` must not keep it.
+   */
+  async withContent<T>(repo: Repository, object: { key: string; name: string; sha256: string }, use: (content: Buffer) => Promise<T>): Promise<T> {
+    const output = this.buffers.take();
+    let reused: ReusedDecoding | undefined = this.idle.pop() ?? { frames: new ZstdFrameSequence(IDLE_DECODER_CHUNK), compressed: Buffer.allocUnsafeSlow(FIRST_COMPRESSED_BUFFER) };
+    let content: Buffer | undefined;
+    try {
+      try {
+        content = await readStoredWal(repo, object, { output, reused });
+      } catch (error) {
+        reused.frames.close(); // may be unusable after damaged input
+        freeNow(reused.compressed);
+        reused = undefined;
+        throw error;
+      }
+      return await use(content);
+    } finally {
+      if (reused) this.idle.push(reused);
+      // Content too large for the buffer came in one of its own.
+      if (content !== undefined && content.buffer !== output.buffer) freeNow(content);
+      this.buffers.give(output);
+    }
+  }
+
+  close(): void {
+    for (const reused of this.idle.splice(0)) reused.frames.close();
+  }
 }
 
 /** Every WAL object in the archive (or under one directory prefix), parsed. */
