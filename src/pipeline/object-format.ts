@@ -129,7 +129,11 @@ export async function decodeBufferInto(stored: Readable, key: string, identities
   }
 }
 
-/** A stream's bytes in `reused.compressed` (a view of it), grown when they do not fit. */
+/**
+ * A stream's bytes in `reused.compressed` (a view of it), grown when they do not fit. The
+ * stream's chunks (a store's download: no one else holds them) are freed once copied, not at
+ * a later full garbage collection (util/memory.ts; a chunk that is a slice is left to the GC).
+ */
 async function gatherInto(source: Readable, reused: ReusedDecoding): Promise<Buffer> {
   let length = 0;
   for await (const chunk of source as AsyncIterable<Buffer>) {
@@ -140,6 +144,7 @@ async function gatherInto(source: Readable, reused: ReusedDecoding): Promise<Buf
       reused.compressed = larger;
     }
     length += chunk.copy(reused.compressed, length);
+    freeNow(chunk);
   }
   return reused.compressed.subarray(0, length);
 }
