@@ -111,9 +111,9 @@ export async function decodeBufferInto(stored: Readable, key: string, identities
   if (codecOfKey(key) !== 'zstd') {
     const content = await decodeBuffer(stored, key, identities, output.length - 1);
     if (content.length > output.length) return content;
-    content.copy(output);
-    freeNow(content);
-    return output.subarray(0, content.length);
+    const length = content.copy(output);
+    freeNow(content); // (its length reads 0 from now on)
+    return output.subarray(0, length);
   }
   const encrypted = isEncryptedKey(key);
   const compressed = encrypted ? await decryptBuffer(stored, identities) : await gatherInto(stored, reused);
