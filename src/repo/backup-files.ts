@@ -64,7 +64,7 @@ export interface FileBackupContext {
   encoders: Semaphore;
   /** Buffers of BLOCKS_PER_BLOB blocks. */
   buffers: BufferPool;
-  /** Opens relation files for reading past the page cache. */
+  /** Opens relation files for reading, past the page cache where that pays (direct-io.ts). */
   reads: DirectReads;
   /** For blobs of whole reads of consecutive pages (a full backup, new or rewritten files). */
   format: WriteFormat;
@@ -358,7 +358,7 @@ export async function backupFile(
     runStart = -1;
   };
 
-  const pieces = new PieceReader(await ctx.reads.open(file.absolute, file.relation), buffers);
+  const pieces = new PieceReader(await ctx.reads.open(file.absolute, { relation: file.relation, comparedWithBase: baseExtents !== undefined }), buffers);
   try {
     let number = 0; // of the first block in the buffer
     for (;;) {

@@ -160,18 +160,29 @@ export class DirectIo {
  * and a page written during the read is torn either way (WAL replay repairs it). Buffers must
  * be page-aligned (alignedBuffers), reads of whole aligned pieces. Where the filesystem refuses
  * O_DIRECT (EINVAL), the first refusal turns it off for the rest of the run.
+ *
+ * By default only files read whole go past the cache: an incremental's files that are compared
+ * page by page with the base backup are mostly unchanged pages, only read to look at their LSN,
+ * and often cached, where a cached read is several times faster than a direct one (1.7 GB of a
+ * cached pgbench cluster: 1.4-1.9 s through the cache, 2.4-2.7 s direct, the same CPU).
  */
 export class DirectReads {
   private disabledBecause: string | undefined;
+  private readonly forced: boolean | undefined;
 
-  /** `enabled`: the backup-direct-io setting. */
-  constructor(enabled: boolean) {
-    if (!enabled) this.disabledBecause = 'off';
+  /** `setting`: backup-direct-io; unset = past the cache for files read whole only. */
+  constructor(setting: boolean | undefined) {
+    this.forced = setting;
+    if (setting === false) this.disabledBecause = 'off';
     else if (O_DIRECT === undefined) this.disabledBecause = 'this platform has no O_DIRECT';
   }
 
-  /** Opens `path` for reading, past the page cache while that works (and `direct` is not false). */
-  async open(path: string, direct = true): Promise<DataFileReader> {
+  /**
+   * Opens `path` for reading: a relation file past the page cache while that works, if it is read
+   * whole (`comparedWithBase` false) or the setting asks for it.
+   */
+  async open(path: string, file: { relation: boolean; comparedWithBase: boolean }): Promise<DataFileReader> {
+    const direct = file.relation && (this.forced ?? !file.comparedWithBase);
     if (direct && this.disabledBecause === undefined) {
       try {
         return new DataFileReader(path, await open(path, constants.O_RDONLY | O_DIRECT!), this);

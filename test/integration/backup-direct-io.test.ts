@@ -1,9 +1,12 @@
 // Backup reads relation data files with O_DIRECT, one piece ahead (src/util/direct-io.ts
 // DirectReads, src/repo/backup-files.ts PieceReader), into page-aligned buffers:
 //   - on the test machine's filesystem it says nothing about the page cache, and a full backup
-//     and an incremental taken with --no-backup-direct-io restore to exactly the primary's rows;
+//     and an incremental taken with --backup-direct-io (O_DIRECT also for the files it compares
+//     page by page, which by default go through the cache) restore to exactly the primary's rows;
 //   - a table in a tablespace on ramfs, which refuses O_DIRECT (mounted when the tests run as
-//     root): the backup says once that it reads through the page cache, and restores exactly.
+//     root): a default incremental (the new table's files read whole, so O_DIRECT is tried; the
+//     others compared through the cache) says once that it reads through the page cache, and
+//     restores exactly.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -33,7 +36,7 @@ test('backup reads data files past the page cache, and falls back where the file
   assert.doesNotMatch(full.stderr, FALLBACK);
   assert.doesNotMatch(full.stderr, /checksum failure/);
   await p.sql("UPDATE t SET v = 'changed' WHERE id % 97 = 0");
-  const incremental = await backup(repo, ['--no-backup-direct-io']);
+  const incremental = await backup(repo, ['--backup-direct-io']);
   assert.equal(incremental.json.type, 'incremental');
   assert.doesNotMatch(incremental.stderr, FALLBACK);
   let expected = await fingerprint(p, ['t']);
