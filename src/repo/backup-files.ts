@@ -119,12 +119,19 @@ class ExtentSlicer {
     while (this.next < this.extents.length && this.extents[this.next]![0] + this.extents[this.next]![1] <= from) this.next++;
     let blocks = 0;
     for (let i = this.next; i < this.extents.length && this.extents[i]![0] < end; i++) {
-      const [first, length, packId, offset, stored, skip, ...checksum] = this.extents[i]!;
+      const extent = this.extents[i]!;
+      const [first, length] = extent;
       const start = Math.max(first, from);
       const stop = Math.min(first + length, end);
-      if (start < stop) {
+      if (start >= stop) continue;
+      blocks += stop - start;
+      // A whole extent is shared, not copied (extents are never changed once made): a fragmented
+      // segment's list runs to 100,000s of extents, each a JS array of ~100 bytes.
+      if (start === first && stop === first + length) {
+        out.push(extent);
+      } else {
+        const [, , packId, offset, stored, skip, ...checksum] = extent;
         out.push([start, stop - start, packId, offset, stored, skip + (start - first), ...checksum]);
-        blocks += stop - start;
       }
     }
     return blocks;
