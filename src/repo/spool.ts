@@ -119,6 +119,22 @@ export class Spool {
     }
   }
 
+  /** A small JSON record written atomically into `directory` (made when missing). */
+  private async writeRecord(directory: string, name: string, record: unknown): Promise<void> {
+    fs.mkdirSync(join(this.root, directory), { recursive: true, mode: 0o700 });
+    await this.writeAtomic(join(directory, name), JSON.stringify(record));
+  }
+
+  /** The JSON record `name` in `directory`, or undefined when it is missing or unreadable. */
+  private readRecord<T>(directory: string, name: string): T | undefined {
+    try {
+      const text = this.readSmall(join(directory, name));
+      return text === undefined ? undefined : (JSON.parse(text) as T);
+    } catch {
+      return undefined;
+    }
+  }
+
   private remove(relativePath: string): void {
     fs.rmSync(join(this.root, relativePath), { force: true });
   }
@@ -154,12 +170,8 @@ export class Spool {
   }
 
   async isMarkedArchived(name: string, file: { size: number; mtimeMs: number }): Promise<boolean> {
-    try {
-      const marker = JSON.parse(this.readSmall(join('archived', name)) ?? 'null') as { size: number; mtimeMs: number } | null;
-      return marker?.size === file.size && marker.mtimeMs === file.mtimeMs;
-    } catch {
-      return false;
-    }
+    const marker = this.readRecord<{ size: number; mtimeMs: number } | null>('archived', name);
+    return marker?.size === file.size && marker.mtimeMs === file.mtimeMs;
   }
 
   async clearArchived(name: string): Promise<void> {
@@ -177,17 +189,11 @@ export class Spool {
     const failure: PushFailure = error instanceof PgarkError
       ? { code: error.code, message: error.message, hint: error.hint, exitCode: error.exitCode, at: Date.now() }
       : { code: 'INTERNAL', message: error instanceof Error ? error.message : String(error), exitCode: 3, at: Date.now() };
-    fs.mkdirSync(join(this.root, 'failed'), { recursive: true, mode: 0o700 });
-    await this.writeAtomic(join('failed', name), JSON.stringify(failure));
+    await this.writeRecord('failed', name, failure);
   }
 
   async readPushFailure(name: string): Promise<PushFailure | undefined> {
-    try {
-      const text = this.readSmall(join('failed', name));
-      return text === undefined ? undefined : (JSON.parse(text) as PushFailure);
-    } catch {
-      return undefined;
-    }
+    return this.readRecord<PushFailure>('failed', name);
   }
 
   async clearPushFailure(name: string): Promise<void> {
@@ -282,17 +288,11 @@ export class Spool {
   }
 
   async writeFetchAnswer(name: string, answer: FetchAnswer): Promise<void> {
-    fs.mkdirSync(join(this.root, 'answers'), { recursive: true, mode: 0o700 });
-    await this.writeAtomic(join('answers', name), JSON.stringify(answer));
+    await this.writeRecord('answers', name, answer);
   }
 
   async readFetchAnswer(name: string): Promise<FetchAnswer | undefined> {
-    try {
-      const text = this.readSmall(join('answers', name));
-      return text === undefined ? undefined : (JSON.parse(text) as FetchAnswer);
-    } catch {
-      return undefined;
-    }
+    return this.readRecord<FetchAnswer>('answers', name);
   }
 
   /** Removes the request for `name` and its answer (done by the call that made it, or by the prefetcher at exit). */
