@@ -22,23 +22,35 @@ import { PGARK, pgarkEnv, waitFor, type RepoKind, type WalRepo } from '../suppor
 const PACK = /^packs\/[0-9a-f]{2}\/[0-9a-f]{24}(?:\.zst|\.lz4|\.gz)?(?:\.age)?$/;
 const NEW_GENERATION = /^backups\/\d{8}T\d{6}[FI]\/(?:manifest|backup)\.g\d+\./;
 
-/** Starts a throttled `expire --retain 2`, SIGKILLs it once it stored a new pack or manifest; says what it had written. */
+/**
+ * Starts a throttled `expire --retain 2` and SIGKILLs it once it stored a new pack or manifest
+ * generation: as soon as it logs that the live blobs are copied (the new packs are stored, the
+ * manifests not yet: the few ms until then are too short to catch by listing the repository), or
+ * when a listing shows a new object. Says what it had written.
+ */
 async function killDuringRepack(repo: WalRepo): Promise<string> {
   const before = new Set(await repo.keys());
   const child = spawnAsTestUser(NODE_BIN, [PGARK, 'expire', '--config', repo.configPath, '--retain', '2', '--bandwidth-limit', '2MiB'], { env: pgarkEnv({ HOME: repo.dir }), cwd: repo.dir, stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
-  child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+  child.stderr!.on('data', (b: Buffer) => {
+    stderr += b.toString();
+    if (stderr.includes('repack: copied the live blobs')) child.kill('SIGKILL');
+  });
   const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  const newObjects = async () => (await repo.keys()).filter((k) => !before.has(k) && (PACK.test(k) || NEW_GENERATION.test(k)));
   try {
-    return await waitFor('a new pack or manifest generation', async () => {
+    await waitFor('a new pack or manifest generation', async () => {
+      if (child.signalCode === 'SIGKILL') return true;
       if (child.exitCode !== null) throw new Error(`expire ended (exit ${child.exitCode}) before it was killed:\n${stderr}`);
-      const written = (await repo.keys()).filter((k) => !before.has(k) && (PACK.test(k) || NEW_GENERATION.test(k)));
-      return written.length > 0 ? written.join(', ') : undefined;
+      return (await newObjects()).length > 0;
     }, 120_000);
   } finally {
     child.kill('SIGKILL');
     await exited;
   }
+  const written = await newObjects();
+  assert.ok(written.length > 0, `the killed expire had stored a new pack or manifest:\n${stderr}`);
+  return written.join(', ');
 }
 
 async function verifyPasses(repo: WalRepo, what: string): Promise<void> {
