@@ -29,6 +29,8 @@ import { PACK_TARGET_SIZE, PackWriter } from '../repo/packs.ts';
 import { RepositoryLock } from '../repo/lock.ts';
 import { Repository } from '../repo/repository.ts';
 import { listWalObjects } from '../repo/wal-archive.ts';
+import { ChangedBlocks, changedBlocksSince } from '../repo/wal-block-map.ts';
+import { join } from 'node:path';
 import { Semaphore } from '../util/concurrency.ts';
 import { log } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
@@ -157,13 +159,26 @@ export async function run(ctx: CommandContext): Promise<number> {
       packs,
       baseStartLsn: base ? Number(parseLsn(base.startLsn)) : undefined,
       verifyChecksumsBefore: dataChecksums ? Number(startLsn) : undefined,
+      walChanges: undefined as ChangedBlocks | undefined,
       signal: ctx.signal,
     };
+    // Which blocks the WAL changed since the base began: relation files then read only those.
+    if (base && config['wal-block-map']) {
+      const changes = await changedBlocksSince(repo, {
+        fromLsn: parseLsn(base.startLsn),
+        toLsn: startLsn,
+        timeline: start.timeline,
+        walDirectory: join(pgdata, 'pg_wal'),
+        concurrency: config['process-max'],
+      });
+      if (changes instanceof ChangedBlocks) fileContext.walChanges = changes;
+      else log.info(`this incremental reads every page (no WAL block map: ${changes.reason})`);
+    }
     // A file the interrupted backup stored is compared with its checkpoint entry instead.
     const resumeContext = resumable ? { ...fileContext, baseStartLsn: Number(parseLsn(resumable.start.startLsn)) } : undefined;
 
     const progress = createProgress(`backup ${id}`);
-    const totals = { files: 0, size: 0, blocksStored: 0, blocksReferenced: 0 };
+    const totals = { files: 0, size: 0, readBytes: 0, blocksStored: 0, blocksReferenced: 0 };
     const checksumErrors: { path: string; block: number }[] = [];
     const tablespaces: { oid: string; location: string }[] = [];
 
@@ -194,6 +209,7 @@ export async function run(ctx: CommandContext): Promise<number> {
         pending = backupFile(file, baseEntry, resumedEntry ? resumeContext! : fileContext).then((result: FileBackupResult) => {
           totals.files++;
           totals.size += result.bytesRead;
+          totals.readBytes += result.readBytes;
           totals.blocksStored += result.blocksStored;
           totals.blocksReferenced += result.blocksReferenced;
           for (const block of result.checksumErrors) {
@@ -252,6 +268,8 @@ export async function run(ctx: CommandContext): Promise<number> {
       storedBytes: packs.storedBytes + manifestBytes,
       blocksStored: totals.blocksStored,
       blocksReferenced: totals.blocksReferenced,
+      readBytes: totals.readBytes,
+      ...(fileContext.walChanges ? { walBlockMap: true } : {}),
       durationMs: Date.now() - started,
       tablespaces,
       keep: Boolean(ctx.options.keep),
@@ -267,6 +285,7 @@ export async function run(ctx: CommandContext): Promise<number> {
       resumedFrom: summary.resumedFrom,
       duration: formatDuration(summary.durationMs),
       size: formatBytes(summary.size),
+      read: formatBytes(totals.readBytes),
       stored: formatBytes(summary.storedBytes),
       files: summary.files,
       blocksStored: summary.blocksStored,

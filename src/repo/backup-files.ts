@@ -19,6 +19,7 @@ import type { Extent, ManifestEntry } from './backup-manifest.ts';
 import { blobChecksum, needsBlobChecksum } from './blob-check.ts';
 import type { PackWriter } from './packs.ts';
 import type { Semaphore } from '../util/concurrency.ts';
+import type { ChangedBlocks, FileChanges } from './wal-block-map.ts';
 
 /** Blocks per blob: 1 MiB of 8 KiB pages. */
 export const BLOCKS_PER_BLOB = 128;
@@ -73,6 +74,11 @@ export interface FileBackupContext {
   packs: PackWriter;
   /** Start LSN of the base backup (incrementals only). */
   baseStartLsn: number | undefined;
+  /**
+   * The blocks the WAL changed since the base's start (wal-block-map.ts), when known: relation
+   * files then read only those, not every page.
+   */
+  walChanges?: ChangedBlocks;
   /** Data checksums are on: verify every relation page read; pages changed after this
    * backup's start LSN may be torn mid-write and are left to WAL replay. */
   verifyChecksumsBefore: number | undefined;
@@ -81,7 +87,10 @@ export interface FileBackupContext {
 
 export interface FileBackupResult {
   entry: Extract<ManifestEntry, { t: 'f' }>;
+  /** The file's size. */
   bytesRead: number;
+  /** What was actually read from disk (less when the WAL block map let unchanged pages be). */
+  readBytes: number;
   blocksStored: number;
   blocksReferenced: number;
   /** Block numbers (within the file) whose data checksum is wrong. */
@@ -340,8 +349,15 @@ export async function backupFile(
   if (!file.relation && base?.h !== undefined) {
     const hash = await sha256OfFile(file.absolute, ctx.buffers);
     if (hash === base.h) {
-      return { entry: { ...entry, s: base.s, h: hash, x: base.x }, bytesRead: base.s, blocksStored: 0, blocksReferenced: blocksOf(base.x), checksumErrors: [] };
+      return { entry: { ...entry, s: base.s, h: hash, x: base.x }, bytesRead: base.s, readBytes: base.s, blocksStored: 0, blocksReferenced: blocksOf(base.x), checksumErrors: [] };
     }
+  }
+
+  if (file.relation && base && ctx.baseStartLsn !== undefined && ctx.walChanges) {
+    const changes = ctx.walChanges.forFile(file.path);
+    if (changes?.kind === 'blocks') return backupChangedBlocks(file, base, changes, ctx);
+    // Created or truncated since the base (or its database was): every block counts as new.
+    if (changes?.kind === 'all') base = undefined;
   }
 
   const { blockSize, buffers } = ctx;
@@ -434,6 +450,156 @@ export async function backupFile(
   return {
     entry: { ...entry, s: size, ...(hash ? { h: hash.digest('hex') } : {}), x: clipped },
     bytesRead: size,
+    readBytes: size,
+    blocksStored: builder.stored,
+    blocksReferenced,
+    checksumErrors,
+  };
+}
+
+/**
+ * Reading every block of a piece costs less than reading its changed runs one by one once this
+ * many of its blocks changed (one read of 1 MiB against many small ones; the runs are usually
+ * short and scattered).
+ */
+const WHOLE_PIECE_CHANGED_BLOCKS = BLOCKS_PER_BLOB / 4;
+/** Unchanged blocks between two changed runs that are read anyway, to make one read of them. */
+const READ_THROUGH_GAP = 4;
+
+/**
+ * An incremental of a relation file whose changes since the base the WAL block map knows: only
+ * the changed blocks (and every block from the map's limit or the base's end on) are read;
+ * the others are referenced from the base without being read.
+ */
+async function backupChangedBlocks(
+  file: { path: string; absolute: string; mode: number; mtimeMs: number; relation: boolean },
+  base: FileEntry,
+  changes: Extract<FileChanges, { kind: 'blocks' }>,
+  ctx: FileBackupContext,
+): Promise<FileBackupResult> {
+  const { blockSize, buffers } = ctx;
+  const builder = new BlobBuilder(ctx);
+  const slicer = new ExtentSlicer(base.x);
+  const referenced: Extent[] = [];
+  let blocksReferenced = 0;
+  let bytesRead = 0;
+  const checksumErrors: number[] = [];
+  const verify = ctx.verifyChecksumsBefore !== undefined;
+  const firstBlockNumber = segmentOf(file.path) * RELSEG_BLOCKS;
+  // Blocks before this either changed (the map names them) or are the base's; from it on, all are read.
+  const readFrom = Math.min(Math.floor(base.s / blockSize), changes.limit);
+  const reader = await ctx.reads.open(file.absolute, { relation: true, comparedWithBase: true });
+  let size = 0;
+  const changed: number[] = [];
+
+  /** Reads blocks [first, first + count) into `buffer` at block `at`; false when the file ended first. */
+  const readBlocks = async (buffer: Buffer, at: number, first: number, count: number): Promise<boolean> => {
+    const bytes = await reader.read(buffer.subarray(at * blockSize), count * blockSize, first * blockSize);
+    bytesRead += bytes;
+    if (verify && bytes > 0) {
+      for (const i of badChecksumPages(buffer.subarray(at * blockSize), bytes, blockSize, firstBlockNumber + first)) {
+        if (await confirmChecksumError(file.absolute, first + i, firstBlockNumber, ctx)) checksumErrors.push(first + i);
+      }
+    }
+    return bytes === count * blockSize;
+  };
+
+  try {
+    let truncated = false;
+    for (let start = 0; start < readFrom && !truncated; start += BLOCKS_PER_BLOB) {
+      ctx.signal?.throwIfAborted();
+      const end = Math.min(start + BLOCKS_PER_BLOB, readFrom);
+      changed.length = 0;
+      for (let block = start; block < end; block++) if (changes.changed(block)) changed.push(block);
+      if (changed.length === 0) {
+        blocksReferenced += slicer.slice(start, end - start, referenced);
+        size = end * blockSize;
+        continue;
+      }
+      const buffer = buffers.take();
+      try {
+        if (changed.length >= WHOLE_PIECE_CHANGED_BLOCKS) {
+          truncated = !(await readBlocks(buffer, 0, start, end - start));
+        } else {
+          // Runs of changed blocks, joined across short gaps, each read on its own.
+          for (let i = 0; i < changed.length && !truncated;) {
+            let last = i;
+            while (last + 1 < changed.length && changed[last + 1]! - changed[last]! <= READ_THROUGH_GAP + 1) last++;
+            truncated = !(await readBlocks(buffer, changed[i]! - start, changed[i]!, changed[last]! - changed[i]! + 1));
+            i = last + 1;
+          }
+        }
+        if (truncated) break; // shrank while being read: WAL replay truncates it again
+        // Changed runs into the blob, unchanged ones referenced, in block order.
+        let block = start;
+        for (let i = 0; i < changed.length;) {
+          let last = i;
+          while (last + 1 < changed.length && changed[last + 1] === changed[last]! + 1) last++;
+          if (changed[i]! > block) blocksReferenced += slicer.slice(block, changed[i]! - block, referenced);
+          const flushed = builder.add(changed[i]!, buffer, (changed[i]! - start) * blockSize, (changed[last]! - changed[i]! + 1) * blockSize);
+          if (flushed) await flushed;
+          block = changed[last]! + 1;
+          i = last + 1;
+        }
+        if (block < end) blocksReferenced += slicer.slice(block, end - block, referenced);
+        size = end * blockSize;
+      } finally {
+        buffers.give(buffer);
+      }
+    }
+
+    // From readFrom on: every block, read in whole pieces like a new file.
+    if (!truncated) {
+      let position = readFrom;
+      for (;;) {
+        ctx.signal?.throwIfAborted();
+        const buffer = buffers.take();
+        let bytes: number;
+        try {
+          bytes = await reader.read(buffer, buffer.length, position * blockSize);
+        } catch (error) {
+          buffers.give(buffer);
+          throw error;
+        }
+        bytesRead += bytes;
+        if (bytes === 0) {
+          buffers.give(buffer);
+          break;
+        }
+        if (verify) {
+          for (const i of badChecksumPages(buffer, bytes, blockSize, firstBlockNumber + position)) {
+            if (await confirmChecksumError(file.absolute, position + i, firstBlockNumber, ctx)) checksumErrors.push(position + i);
+          }
+        }
+        size = position * blockSize + bytes;
+        const count = Math.ceil(bytes / blockSize);
+        if (builder.empty) {
+          await builder.adopt(position, buffer, bytes);
+        } else {
+          try {
+            const flushed = builder.add(position, buffer, 0, bytes);
+            if (flushed) await flushed; // reads the buffer until it is done
+          } finally {
+            buffers.give(buffer);
+          }
+        }
+        position += count;
+        if (bytes < buffer.length) break;
+      }
+    }
+    await builder.finish();
+  } finally {
+    builder.discard();
+    await reader.close();
+  }
+
+  const blockCount = Math.ceil(size / blockSize);
+  const extents = referenced.concat(builder.extents).sort((a, b) => a[0] - b[0]);
+  const clipped = extents.every(([first, count]) => first + count <= blockCount) ? extents : sliceExtents(extents, 0, blockCount);
+  return {
+    entry: { t: 'f', p: file.path, m: file.mode, s: size, mt: Math.round(file.mtimeMs), x: clipped },
+    bytesRead: size,
+    readBytes: bytesRead,
     blocksStored: builder.stored,
     blocksReferenced,
     checksumErrors,

@@ -64,6 +64,10 @@ const BackupSummarySchema = z.object({
   /** Blocks stored anew / referenced from earlier backups (relation files and others). */
   blocksStored: z.number(),
   blocksReferenced: z.number(),
+  /** Bytes read from the data directory; less than `size` when the WAL block map let an incremental skip unchanged pages. */
+  readBytes: z.number().optional(),
+  /** The incremental knew the changed blocks from the WAL block map (wal-block-map.ts) instead of comparing page LSNs. */
+  walBlockMap: z.boolean().optional(),
   durationMs: z.number(),
   tablespaces: z.array(z.object({ oid: z.string(), location: z.string() })),
   keep: z.boolean().default(false),

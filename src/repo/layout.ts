@@ -64,6 +64,23 @@ export function parseWalObjectKey(key: string): WalObjectName | undefined {
   return match ? { name: match[1]!, sha256: match[2]! } : undefined;
 }
 
+// ---- WAL block maps (repo/wal-block-map.ts) --------------------------------------------------
+// walsum/<TTTTTTTTXXXXXXXX>/<segment>-<sha256 of the segment><suffix>: which blocks the records
+// of that archived segment change.
+
+export const WAL_SUMMARY_PREFIX = 'walsum/';
+
+export function walSummaryKey(name: string, sha256: string, suffix: string): string {
+  return `${WAL_SUMMARY_PREFIX}${name.slice(0, 16)}/${name}-${sha256}${suffix}`;
+}
+
+const WAL_SUMMARY_KEY = /^walsum\/[0-9A-F]{16}\/([0-9A-F]{24})-([0-9a-f]{64})(?:\.zst|\.lz4|\.gz)?(?:\.age)?$/;
+
+export function parseWalSummaryKey(key: string): WalObjectName | undefined {
+  const match = WAL_SUMMARY_KEY.exec(key);
+  return match ? { name: match[1]!, sha256: match[2]! } : undefined;
+}
+
 // ---- base backups ---------------------------------------------------------------------------
 // backups/<id>/manifest.jsonl<suffix>   every file, directory and link, with block extents
 // backups/<id>/backup.json              summary; written last: a backup exists iff this exists

@@ -74,6 +74,11 @@ export class Repository {
     return { codec: config.compression, level: config['compression-level'] ?? defaults[config.compression], recipients };
   }
 
+  /** wal-push stores a block map of each segment (wal-block-map.ts). */
+  get walBlockMap(): boolean {
+    return this.loaded.config['wal-block-map'];
+  }
+
   /** The private keys for reading encrypted objects; a clear error when none is configured. */
   async identities(why: string): Promise<string[]> {
     if (this.identitiesCache) return this.identitiesCache;

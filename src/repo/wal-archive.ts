@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import { PgarkError } from '../errors.ts';
 import { decodeBuffer, decodeBufferInto, encodeBuffer, isEncryptedKey, suffixOf, type ReusedDecoding } from '../pipeline/object-format.ts';
 import { ZstdFrameSequence } from '../pipeline/zstd-frames.ts';
+import { storeWalSummary } from './wal-block-map.ts';
 import { checkSegmentHeader, parseWalFileName, requireWalFileName } from '../postgres/wal.ts';
 import type { ObjectInfo } from '../storage/types.ts';
 import { parseWalObjectKey, WAL_PREFIX, walObjectKey, walObjectPrefix } from './layout.ts';
@@ -59,6 +60,7 @@ export async function pushWalFile(repo: Repository, name: string, content: Buffe
   const format = await repo.writeFormat();
   const key = walObjectKey(name, sha256, suffixOf(format));
   await repo.storage.put(key, await encodeBuffer(content, format), { kind: 'wal', signal });
+  if (file.kind === 'segment' && repo.walBlockMap) await storeWalSummary(repo, name, sha256, content, signal);
 
   // Two writers racing on one name (a split brain: two primaries archiving into one
   // repository) can both store: nothing is overwritten, and wal-fetch and wal-verify refuse

@@ -36,6 +36,9 @@ export interface BackupJson {
   storedBytes: number;
   blocksStored: number;
   blocksReferenced: number;
+  /** Bytes read from the data directory (less than size when the WAL block map was used). */
+  readBytes?: number;
+  walBlockMap?: boolean;
   durationMs: number;
   tablespaces: { oid: string; location: string }[];
 }
