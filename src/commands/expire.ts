@@ -46,7 +46,7 @@ export function formatReport(report: ExpireReport): string {
   const { deleted, remaining } = report;
   out.push(`backup objects: ${verb} ${deleted.backupObjects.count} (${formatBytes(deleted.backupObjects.bytes)})`);
   out.push(`packs: ${verb} ${deleted.packs.count} (${formatBytes(deleted.packs.bytes)}), ${remaining.packs.count} remain (${formatBytes(remaining.packs.bytes)})`);
-  out.push(`WAL: ${verb} ${deleted.wal.count} file(s) (${formatBytes(deleted.wal.bytes)}), ${remaining.wal.count} remain (${formatBytes(remaining.wal.bytes)})`);
+  out.push(`WAL: ${verb} ${deleted.wal.count} file(s) (${formatBytes(deleted.wal.bytes)}) and ${deleted.walBlockMaps.count} block map(s) (${formatBytes(deleted.walBlockMaps.bytes)}), ${remaining.wal.count} remain (${formatBytes(remaining.wal.bytes)})`);
   if (deleted.keepMarkers > 0) out.push(`keep markers: ${verb} ${deleted.keepMarkers}`);
   const { repack } = report;
   if (repack.packs > 0) {

@@ -34,6 +34,7 @@ import type { Repository } from './repository.ts';
 import { decideRetention, hasPolicy, walNeeded, type RetainReason, type RetentionPolicy } from './retention.ts';
 import { addLiveBlob, repack, REPACK_GRACE_MS, repackCandidates, summarize, type LiveBlobs, type RepackSummary } from './repack.ts';
 import { listWalObjects } from './wal-archive.ts';
+import { listWalSummaries } from './wal-block-map.ts';
 
 /** Unfinished uploads and temporary files older than this belong to writers that died. */
 const STALE_UPLOAD_MS = 24 * 3600 * 1000;
@@ -61,7 +62,7 @@ export interface ExpireReport {
   retained: { id: string; type: string; stoppedAt: string; reasons: RetainReason[] }[];
   expired: { id: string; type: string; stoppedAt: string }[];
   incomplete: { deleted: string[]; kept: string | null };
-  deleted: { backupObjects: Deletion; packs: Deletion; wal: Deletion; keepMarkers: number; bytes: number };
+  deleted: { backupObjects: Deletion; packs: Deletion; wal: Deletion; walBlockMaps: Deletion; keepMarkers: number; bytes: number };
   remaining: { packs: Deletion; wal: Deletion };
   /** What repacking did (or, in a dry run, would do). */
   repack: RepackSummary;
@@ -204,6 +205,9 @@ export async function expire(repo: Repository, options: ExpireOptions): Promise<
     const needed = backups.length > 0 ? walNeeded(backups, decision, identity.postgres.walSegmentSize) : () => true;
     const deadWal = wal.filter((o) => !needed(o.name));
     const liveWal = wal.filter((o) => needed(o.name));
+    // Block maps go with their segment (and those of segments no longer archived at all).
+    const liveSegments = new Set(liveWal.map((o) => `${o.name}-${o.sha256}`));
+    const deadBlockMaps = (await listWalSummaries(repo)).filter((o) => !liveSegments.has(`${o.name}-${o.sha256}`));
 
     const existing = new Set([...completeIds.filter((id) => decision.retained.has(id)), ...(keptIncomplete ? [keptIncomplete] : [])]);
     const deadMarkers = [...markers.keys].filter(([id]) => !existing.has(id)).flatMap(([, keys]) => keys);
@@ -221,8 +225,9 @@ export async function expire(repo: Repository, options: ExpireOptions): Promise<
         backupObjects: sum([...expiredBackupObjects, ...garbageObjects, ...retainedSuperseded, ...orphans]),
         packs: sum(deadPacks),
         wal: sum(deadWal),
+        walBlockMaps: sum(deadBlockMaps),
         keepMarkers: deadMarkers.length,
-        bytes: sum([...expiredBackupObjects, ...garbageObjects, ...retainedSuperseded, ...orphans, ...deadPacks, ...deadWal, ...tempFiles]).bytes,
+        bytes: sum([...expiredBackupObjects, ...garbageObjects, ...retainedSuperseded, ...orphans, ...deadPacks, ...deadWal, ...deadBlockMaps, ...tempFiles]).bytes,
       },
       remaining: { packs: sum(livePacks), wal: sum(liveWal) },
       repack: summarize(candidates, toRewrite.length),
@@ -246,6 +251,7 @@ export async function expire(repo: Repository, options: ExpireOptions): Promise<
       await step('superseded and unfinished manifests of repacked backups', [...retainedSuperseded, ...orphans].filter((o) => !parseBackupSummaryKey(o.key)).map((o) => o.key));
       await step('unreferenced packs', deadPacks.map((o) => o.key));
       await step('WAL files no retained backup needs', deadWal.map((o) => o.key));
+      await step('block maps of those WAL files', deadBlockMaps.map((o) => o.key));
       await step('keep markers of deleted backups', deadMarkers);
       if (candidates.length > 0) {
         lock.assertHeld('repacking');

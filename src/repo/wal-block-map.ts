@@ -85,6 +85,16 @@ export async function storeWalSummary(repo: Repository, name: string, sha256: st
   }
 }
 
+/** Every stored block map (expire deletes them with their segments). */
+export async function listWalSummaries(repo: Repository): Promise<{ key: string; name: string; sha256: string; size: number }[]> {
+  const out: { key: string; name: string; sha256: string; size: number }[] = [];
+  for await (const object of repo.storage.list(WAL_SUMMARY_PREFIX)) {
+    const parsed = parseWalSummaryKey(object.key);
+    if (parsed) out.push({ key: object.key, ...parsed, size: object.size });
+  }
+  return out;
+}
+
 // ---- reading: the changed blocks of a stretch of WAL -------------------------------------------
 
 const DEFAULT_TABLESPACE = 1663;

@@ -123,6 +123,11 @@ test('expire keeps exactly what retain, retain-full, retain-window and keep mark
     assert.equal(walAfter.has(name), n >= from || inKept, `WAL ${name} (window from ${backups[2]!.startWal}, kept ${backups[0]!.startWal}..${backups[0]!.stopWal})`);
   }
   assert.ok(report.deleted.wal.count > 0);
+  // Block maps (walsum/) go with their segments: exactly those of the remaining WAL remain.
+  assert.ok(report.deleted.walBlockMaps.count > 0, 'block maps of deleted WAL deleted');
+  const mapsAfter = after.filter((k) => k.startsWith('walsum/')).map((k) => /\/([0-9A-F]{24})-/.exec(k)![1]!);
+  assert.ok(mapsAfter.length > 0, 'block maps of the remaining WAL kept');
+  for (const name of mapsAfter) assert.ok(walAfter.has(name), `block map of ${name} kept with its segment`);
 
   const again = await runExpire(repo, ['--retain-window', window], env);
   assert.equal(again.report.deleted.bytes, 0, 'a second expire deletes nothing');

@@ -19,7 +19,7 @@ export interface ExpireJson {
   retained: { id: string; type: string; stoppedAt: string; reasons: string[] }[];
   expired: { id: string }[];
   incomplete: { deleted: string[]; kept: string | null };
-  deleted: { backupObjects: { count: number; bytes: number }; packs: { count: number; bytes: number }; wal: { count: number; bytes: number }; keepMarkers: number; bytes: number };
+  deleted: { backupObjects: { count: number; bytes: number }; packs: { count: number; bytes: number }; wal: { count: number; bytes: number }; walBlockMaps: { count: number; bytes: number }; keepMarkers: number; bytes: number };
   remaining: { packs: { count: number; bytes: number }; wal: { count: number; bytes: number } };
   repack: { packs: number; bytes: number; liveBytes: number; savedBytes: number; backups: number; newPacks: number };
   abortedUploads: number;
