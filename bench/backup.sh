@@ -23,8 +23,11 @@
 #   -J 2, no compression; no incremental). Optional, not in the default lists: pgbr-posix-zst1 and pgbr-s3-zst1
 #   (pgBackRest at zst level 1, the level pgark uses for backup data: the same-level comparison). Rounds alternate the tools (order reversed every other round);
 #   before each round the repositories are emptied (so every round starts from a full backup).
-# During each tool's backups archive_command is that tool's own WAL push into its own repository; while the
-# data is changed it is /bin/true (WAL archiving is measured by wal-archive.sh, not here).
+# During each tool's backups archive_command is that tool's own WAL push into its own repository, followed by
+# pgark wal-push into the pgark repositories of the run; while the data is changed it is pgark's alone (its
+# incrementals read the WAL block maps wal-push stores, so its archive must be complete since the base, as in
+# production; untimed: WAL archiving is measured by wal-archive.sh). BK_PGARK_ARCHIVE_ALWAYS=0: only the tool's
+# own push during its backups, /bin/true while the data changes (pgark's incrementals then compare page LSNs).
 # "stored" = growth of the repository's backup data (pgark: backups/ + packs/, pgBackRest: backup/<stanza>/,
 # barman: <server>/base/), WAL archive excluded.
 #
@@ -66,6 +69,7 @@ else
   RES_NAME=${RES_NAME:-backup}
 fi
 MANYREL_RUNS=${BK_MANYREL_RUNS:-$RUNS}
+BK_PGARK_ARCHIVE_ALWAYS=${BK_PGARK_ARCHIVE_ALWAYS:-1}
 BK_PORT_BASE=${BK_PORT_BASE:-55480}
 RESTORE_PORT=$((BK_PORT_BASE + 9))
 BK_REPOS=${BK_REPOS:-$BENCH_HOME/repos}
@@ -260,12 +264,32 @@ EOF
   if [ "$BK_REPOS" != / ]; then chown postgres:postgres "$BK_REPOS"; fi
 }
 BARMAN_ENV="AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY AWS_DEFAULT_REGION=$AWS_DEFAULT_REGION"
+pgark_archive_cmds() {  # pgark_archive_cmds DATASET [FIRST]: wal-push into every pgark repository of the run (FIRST's first), joined by &&
+  local v cmds=""
+  for v in ${2:-} $VARIANTS; do
+    case $v in pgark-*) ;; *) continue ;; esac
+    case " $cmds " in *"$(pgark_conf_file "$v" "$1")"*) continue ;; esac
+    cmds="${cmds:+$cmds && }PGARK_CONFIG=$(pgark_conf_file "$v" "$1") $PGARK wal-push %p"
+  done
+  echo "$cmds"
+}
 archive_cmd() {  # archive_cmd VARIANT DATASET
+  # pgark's archiving stays on while other tools back up (BK_PGARK_ARCHIVE_ALWAYS=1, the default), as in
+  # production: its incrementals read the WAL block maps wal-push stores, which need every segment
+  # since the base. The other tool's push goes first, so its own backups wait for nothing more.
+  local own pgark=""
+  [ "$BK_PGARK_ARCHIVE_ALWAYS" = 1 ] && pgark=$(pgark_archive_cmds "$2" "$1")
   case $1 in
-    pgark-*) echo "PGARK_CONFIG=$(pgark_conf_file "$1" "$2") $PGARK wal-push %p" ;;
-    pgbr-*) echo "pgbackrest --config=$(pgbr_conf_file "$1") --stanza=$2 archive-push %p" ;;
-    barman-s3) echo "$BARMAN_ENV barman-cloud-wal-archive --endpoint-url $S3_URL s3://$BUCKET_BARMAN bk-$2 %p" ;;
+    pgark-*) [ -n "$pgark" ] && { echo "$pgark"; return; }; echo "PGARK_CONFIG=$(pgark_conf_file "$1" "$2") $PGARK wal-push %p"; return ;;
+    pgbr-*) own="pgbackrest --config=$(pgbr_conf_file "$1") --stanza=$2 archive-push %p" ;;
+    barman-s3) own="$BARMAN_ENV barman-cloud-wal-archive --endpoint-url $S3_URL s3://$BUCKET_BARMAN bk-$2 %p" ;;
   esac
+  echo "$own${pgark:+ && $pgark}"
+}
+change_archive_cmd() {  # change_archive_cmd DATASET: archive_command while the data changes
+  local pgark=""
+  [ "$BK_PGARK_ARCHIVE_ALWAYS" = 1 ] && pgark=$(pgark_archive_cmds "$1")
+  echo "${pgark:-/bin/true}"
 }
 # reset VARIANT DATASET: an empty repository (and WAL archive) for the data set, ready for a full backup
 reset_repo() {
@@ -440,11 +464,12 @@ for d in realistic manyrel pgbench; do
     if has_phase incr "$d" && [ "$d" != manyrel ]; then
       for c in a b; do
         label_var="CHANGE_LABEL_$c"; sec="incr-$c"
-        set_archive_command '/bin/true'; psqlc "checkpoint"
+        set_archive_command "$(change_archive_cmd "$d")"; wait_archiver 600 || true; psqlc "checkpoint"
         snap="$TMPD/pagemap-$d.json"; since=$(psqlc "select pg_current_wal_lsn()")
         "$NODE" "$BENCH_HOME/bin/pagemap.mjs" snapshot "$PGDATA" "$snap"
         log "$d round $run: change ($c) ${!label_var}"
         apply_change "$d" "$c"
+        psqlc "select pg_switch_wal()" >/dev/null; wait_archiver 600 || true   # untimed, like archiving in production
         EXPECT=$(psqlc "$(check_query "$d")"); psqlc "checkpoint"   # the check reads every row: hint bits are set before the floor is taken
         floor=$("$NODE" "$BENCH_HOME/bin/pagemap.mjs" diff "$PGDATA" "$snap" "$since")
         BASIS=$(pgdata_bytes)

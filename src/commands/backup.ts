@@ -121,6 +121,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     const label = `pgark ${new Date().toISOString()}`;
     const start = await startBackup(client, info.majorVersion, label);
     backupRunning = true;
+    log.debug('pg_backup_start returned', { ms: Date.now() - started });
     const startLsn = parseLsn(start.startLsn);
     // Taken after the start checkpoint: a transaction at or above this xmin commits after the
     // backup's redo point, so a restore to it may start from this backup (restore.ts).
@@ -230,8 +231,10 @@ export async function run(ctx: CommandContext): Promise<number> {
     }
     while (window.length > 0) await drainOne();
     progress.done();
+    log.debug('files read', { ms: Date.now() - started, files: totals.files, read: formatBytes(totals.readBytes) });
 
     const stop = await stopBackup(client, info.majorVersion);
+    log.debug('pg_backup_stop returned', { ms: Date.now() - started });
     backupRunning = false;
     await manifest.write({ t: 'end', backupLabel: stop.backupLabel, tablespaceMap: stop.tablespaceMap });
 
@@ -240,6 +243,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     const startWal = segmentName(start.timeline, segmentNumberOfLsn(startLsn, segmentSize), segmentSize);
     const stopWal = segmentName(start.timeline, segmentNumberOfLsn(stopLsn - 1n, segmentSize), segmentSize);
     await waitForWal(repo, startWal, stopWal, segmentSize, config['archive-timeout'], ctx.signal, info.inRecovery);
+    log.debug('the WAL the backup needs is archived', { ms: Date.now() - started });
 
     await packs.finish();
     const manifestBytes = await manifest.finish();
