@@ -59,8 +59,12 @@ export async function pushWalFile(repo: Repository, name: string, content: Buffe
 
   const format = await repo.writeFormat();
   const key = walObjectKey(name, sha256, suffixOf(format));
-  await repo.storage.put(key, await encodeBuffer(content, format), { kind: 'wal', signal });
-  if (file.kind === 'segment' && repo.walBlockMap) await storeWalSummary(repo, name, sha256, content, signal);
+  const encoding = encodeBuffer(content, format); // compresses on the thread pool while the block map is decoded
+  // The block map is decoded and stored alongside (it is only used once the segment is stored).
+  const blockMap = file.kind === 'segment' && repo.walBlockMap ? storeWalSummary(repo, name, sha256, content, signal) : undefined;
+  blockMap?.catch(() => {}); // awaited below
+  await repo.storage.put(key, await encoding, { kind: 'wal', signal });
+  await blockMap;
 
   // Two writers racing on one name (a split brain: two primaries archiving into one
   // repository) can both store: nothing is overwritten, and wal-fetch and wal-verify refuse
