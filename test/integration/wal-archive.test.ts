@@ -12,6 +12,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
+import { parseWalSummaryKey } from '../../src/repo/layout.ts';
 import { skipServers } from '../support/objstores.ts';
 import { createCluster, debianPgBin, type Cluster } from '../support/postgres.ts';
 import {
@@ -77,11 +78,20 @@ async function checkRepo(t: { diagnostic(m: string): void }, repo: WalRepo, c: C
   assert.deepEqual(info.wal.conflicts, []);
   assert.ok(info.wal.newestArchivedAt !== null);
 
-  // Every object: pgark.json or a WAL key; WAL keys decode (without pgark) to a segment of this
-  // cluster whose SHA-256 is the one in the key. No temporary or stray objects.
-  const keys = await repo.keys();
+  // Every object: pgark.json, a WAL key or the block map of an archived segment (walsum/, same
+  // name and SHA-256); WAL keys decode (without pgark) to a segment of this cluster whose SHA-256
+  // is the one in the key. No temporary or stray objects.
+  const allKeys = await repo.keys();
   const suffix = repo.recipient ? '.zst.age' : '.zst';
+  const blockMaps = allKeys.filter((k) => k.startsWith('walsum/'));
+  const keys = allKeys.filter((k) => !k.startsWith('walsum/'));
   const walKeys = keys.filter((k) => k !== 'pgark.json');
+  for (const k of blockMaps) {
+    const parsed = parseWalSummaryKey(k);
+    assert.ok(parsed && k.endsWith(suffix), `${label}: ${k} is a block map key`);
+    assert.ok(walKeys.some((w) => parseWalKey(w)?.name === parsed.name && parseWalKey(w)?.sha256 === parsed.sha256), `${label}: ${k} belongs to an archived segment`);
+  }
+  assert.ok(blockMaps.length > 0, `${label}: segments have block maps`);
   assert.ok(keys.includes('pgark.json'));
   for (const k of walKeys) {
     assert.ok(parseWalKey(k), `${label}: ${k} is a WAL object key`);

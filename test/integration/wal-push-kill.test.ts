@@ -27,6 +27,7 @@ import {
   type WalRepo,
 } from '../support/wal.ts';
 import { prng } from '../support/random.ts';
+import { parseWalSummaryKey } from '../../src/repo/layout.ts';
 
 const TRIALS = Number(process.env.PGARK_TEST_KILL_TRIALS ?? (FULL ? 100 : 20));
 const SEGMENTS = 24;
@@ -133,8 +134,16 @@ test(`wal-push SIGKILLed at random moments (${TRIALS} trials) never marks or sho
     const byName = new Map<string, string[]>();
     for (const key of keys) {
       if (key === 'pgark.json') continue;
+      // A segment's block map is stored alongside it (and may outlive a kill without it: it
+      // archives nothing, and expire removes it); it must name a segment pushed, with its hash.
+      const blockMap = parseWalSummaryKey(key);
+      if (blockMap) {
+        const original = originals.get(blockMap.name);
+        assert.ok(original && blockMap.sha256 === sha256(original), `${when}: ${key} is the block map of a segment pushed`);
+        continue;
+      }
       const parsed = parseWalKey(key);
-      assert.ok(parsed, `${when}: only WAL objects and pgark.json in the repository, found ${key}`);
+      assert.ok(parsed, `${when}: only WAL objects, their block maps and pgark.json in the repository, found ${key}`);
       byName.set(parsed.name, [...(byName.get(parsed.name) ?? []), key]);
       if (r.verified.has(key)) continue;
       const original = originals.get(parsed.name);
