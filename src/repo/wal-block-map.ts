@@ -26,7 +26,7 @@ import type { Repository } from './repository.ts';
 import { listWalObjects } from './wal-archive.ts';
 
 /** The stored summary of one segment (JSON, encoded like a manifest). */
-interface StoredSummary {
+export interface StoredSummary {
   format: 1;
   segment: string;
   /** XLOG_PAGE_MAGIC of the segment: which PostgreSQL wrote it (split records are decoded with it). */
@@ -113,11 +113,26 @@ export type FileChanges =
       changed: (block: number) => boolean;
     };
 
-/** A set of block numbers: a bitmap per 1 GiB of relation (16 KiB each), made when first touched. */
+/**
+ * A set of block numbers: a Set while small (most forks a stretch of WAL touches have a few
+ * changed blocks, and a database may have 100,000s of them), then a bitmap per 1 GiB of
+ * relation (16 KiB each, made when first touched): memory grows with the blocks changed, at
+ * most one bit per block of the database.
+ */
 class BlockSet {
+  private static readonly MAX_LISTED = 2048;
+  private listed: Set<number> | undefined = new Set();
   private readonly chunks = new Map<number, Uint8Array>();
 
   add(block: number): void {
+    if (this.listed) {
+      this.listed.add(block);
+      if (this.listed.size <= BlockSet.MAX_LISTED) return;
+      const blocks = this.listed;
+      this.listed = undefined;
+      for (const listed of blocks) this.add(listed);
+      return;
+    }
     const index = Math.floor(block / RELSEG_BLOCKS);
     let chunk = this.chunks.get(index);
     if (!chunk) this.chunks.set(index, (chunk = new Uint8Array(RELSEG_BLOCKS / 8)));
@@ -126,6 +141,7 @@ class BlockSet {
   }
 
   has(block: number): boolean {
+    if (this.listed) return this.listed.has(block);
     const index = Math.floor(block / RELSEG_BLOCKS);
     const chunk = this.chunks.get(index);
     if (!chunk) return false;
