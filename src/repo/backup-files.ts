@@ -458,11 +458,11 @@ export async function backupFile(
 }
 
 /**
- * Reading every block of a piece costs less than reading its changed runs one by one once this
- * many of its blocks changed (one read of 1 MiB against many small ones; the runs are usually
- * short and scattered).
+ * Reading a whole piece (1 MiB) costs about as much as this many reads of a few pages: measured
+ * here, from the page cache, ~300 µs of CPU against 13-20 µs for one of 8 KiB (and from an SSD
+ * about the same balance). A piece whose changed runs need more reads is read whole.
  */
-const WHOLE_PIECE_CHANGED_BLOCKS = BLOCKS_PER_BLOB / 4;
+const MAX_SEPARATE_READS = 12;
 /** Unchanged blocks between two changed runs that are read anyway, to make one read of them. */
 const READ_THROUGH_GAP = 4;
 
@@ -491,6 +491,7 @@ async function backupChangedBlocks(
   const reader = await ctx.reads.open(file.absolute, { relation: true, comparedWithBase: true });
   let size = 0;
   const changed: number[] = [];
+  const reads: number[] = []; // first block, count of each read
 
   /** Reads blocks [first, first + count) into `buffer` at block `at`; false when the file ended first. */
   const readBlocks = async (buffer: Buffer, at: number, first: number, count: number): Promise<boolean> => {
@@ -518,16 +519,18 @@ async function backupChangedBlocks(
       }
       const buffer = buffers.take();
       try {
-        if (changed.length >= WHOLE_PIECE_CHANGED_BLOCKS) {
+        // Runs of changed blocks, joined across short gaps: each read on its own, or the piece whole.
+        reads.length = 0;
+        for (let i = 0; i < changed.length && reads.length / 2 <= MAX_SEPARATE_READS;) {
+          let last = i;
+          while (last + 1 < changed.length && changed[last + 1]! - changed[last]! <= READ_THROUGH_GAP + 1) last++;
+          reads.push(changed[i]!, changed[last]! - changed[i]! + 1);
+          i = last + 1;
+        }
+        if (reads.length / 2 > MAX_SEPARATE_READS) {
           truncated = !(await readBlocks(buffer, 0, start, end - start));
         } else {
-          // Runs of changed blocks, joined across short gaps, each read on its own.
-          for (let i = 0; i < changed.length && !truncated;) {
-            let last = i;
-            while (last + 1 < changed.length && changed[last + 1]! - changed[last]! <= READ_THROUGH_GAP + 1) last++;
-            truncated = !(await readBlocks(buffer, changed[i]! - start, changed[i]!, changed[last]! - changed[i]! + 1));
-            i = last + 1;
-          }
+          for (let r = 0; r < reads.length && !truncated; r += 2) truncated = !(await readBlocks(buffer, reads[r]! - start, reads[r]!, reads[r + 1]!));
         }
         if (truncated) break; // shrank while being read: WAL replay truncates it again
         // Changed runs into the blob, unchanged ones referenced, in block order.
