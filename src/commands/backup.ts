@@ -185,10 +185,17 @@ export async function run(ctx: CommandContext): Promise<number> {
 
     // Files are backed up concurrently; manifest lines are written in walk order.
     const window: Promise<ManifestEntry | undefined>[] = [];
-    const drainOne = async () => {
+    // The entry is out of reach once its line is written: a fragmented segment's extent list
+    // (70,000 extents, ~7 MiB as objects) is garbage by the time the checkpoint that its 4 MB
+    // line usually triggers copies and compresses that line.
+    const writeNext = async (): Promise<{ file: boolean; line: string } | undefined> => {
       const entry = await window.shift()!;
-      if (!entry) return;
-      checkpoints.add(entry, await manifest!.write(entry));
+      return entry ? { file: entry.t === 'f', line: await manifest!.write(entry) } : undefined;
+    };
+    const drainOne = async () => {
+      const written = await writeNext();
+      if (!written) return;
+      if (written.file) checkpoints.add(written.line);
       await checkpoints.maybeCheckpoint();
     };
     for await (const item of walkDataDirectory(pgdata)) {

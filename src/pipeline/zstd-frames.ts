@@ -2,8 +2,9 @@
  * Compressing many independent buffers (backup blobs, WAL segments) into one zstd frame each,
  * reusing compression contexts. zlib's one-shot zstdCompress creates and frees a context per
  * call, which doubled the CPU per byte against the zstd CLI on 1 MiB blobs; a long-lived
- * stream ended with a ZSTD_e_end flush produces the same self-contained frame at CLI speed.
- * Idle contexts are kept in a small pool per level; each is used by one caller at a time.
+ * stream whose every write ends a frame (ZSTD_e_end) produces the same self-contained frame
+ * at CLI speed. Idle contexts are kept in a small pool per level; each is used by one caller
+ * at a time.
  */
 import { constants, createZstdCompress, createZstdDecompress, type ZstdCompress, type ZstdDecompress } from 'node:zlib';
 import { freeNow } from '../util/memory.ts';
@@ -56,6 +57,11 @@ class FrameCompressor {
   constructor(level: number) {
     this.stream = createZstdCompress({
       chunkSize: COMPRESS_OUTPUT_CHUNK,
+      // Every write is a whole frame, compressed with ZSTD_e_end from its first call: zstd then
+      // knows the content size (it records it in the frame header) and sizes its window to it,
+      // 1 MiB instead of level 3's 2 MiB for a blob, in the compressor and in every decoder.
+      // (A write followed by a ZSTD_e_end flush took a second trip through the thread pool.)
+      flush: constants.ZSTD_e_end,
       params: { [constants.ZSTD_c_compressionLevel]: level, [constants.ZSTD_c_checksumFlag]: 1 },
     });
     this.stream.on('data', (chunk: Buffer) => this.output.push(chunk));
@@ -69,8 +75,8 @@ class FrameCompressor {
   compress(content: Buffer): Promise<Buffer> {
     return new Promise((resolve, reject) => {
       if (this.failure) return reject(this.failure);
-      this.stream.write(content);
-      this.stream.flush(constants.ZSTD_e_end, () => {
+      // The write callback runs once zlib has consumed the content and emitted the whole frame.
+      this.stream.write(content, () => {
         if (this.failure) return reject(this.failure);
         const chunks = this.output;
         this.output = [];

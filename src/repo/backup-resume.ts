@@ -117,7 +117,7 @@ export async function* readCheckpointEntries(repo: Repository, resumable: Resuma
 }
 
 /**
- * Records what a running backup has stored: call `add` with each file's manifest entry as it
+ * Records what a running backup has stored: call `add` with each file's manifest line as it
  * is written, and `maybeCheckpoint` after; every `intervalMs` it makes the entries so far
  * durable (their packs stored) and writes them as the next checkpoint.
  */
@@ -144,9 +144,9 @@ export class CheckpointWriter {
     this.intervalMs = intervalMs;
   }
 
-  /** `line`: the entry's manifest line, as ManifestWriter wrote it (a fragmented file's runs to MiB). */
-  add(entry: ManifestEntry, line: string): void {
-    if (this.intervalMs <= 0 || entry.t !== 'f') return;
+  /** `line`: a file entry's manifest line, as ManifestWriter wrote it (a fragmented file's runs to MiB). */
+  add(line: string): void {
+    if (this.intervalMs <= 0) return;
     this.lines.push(line);
     this.bytes += line.length;
   }
