@@ -188,7 +188,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     // The entry is out of reach once its line is written: a fragmented segment's extent list
     // (70,000 extents, ~7 MiB as objects) is garbage by the time the checkpoint that its 4 MB
     // line usually triggers copies and compresses that line.
-    const writeNext = async (): Promise<{ file: boolean; line: string } | undefined> => {
+    const writeNext = async (): Promise<{ file: boolean; line: Buffer[] } | undefined> => {
       const entry = await window.shift()!;
       return entry ? { file: entry.t === 'f', line: await manifest!.write(entry) } : undefined;
     };

@@ -130,8 +130,8 @@ export class CheckpointWriter {
   private readonly format: WriteFormat;
   private readonly packs: PackWriter;
   private readonly intervalMs: number;
-  /** Manifest lines of the files stored since the last checkpoint. */
-  private lines: string[] = [];
+  /** Manifest lines of the files stored since the last checkpoint, in the pieces ManifestWriter wrote. */
+  private lines: Buffer[] = [];
   private bytes = 0;
   private last = Date.now();
   private written = 0;
@@ -145,10 +145,12 @@ export class CheckpointWriter {
   }
 
   /** `line`: a file entry's manifest line, as ManifestWriter wrote it (a fragmented file's runs to MiB). */
-  add(line: string): void {
+  add(line: readonly Buffer[]): void {
     if (this.intervalMs <= 0) return;
-    this.lines.push(line);
-    this.bytes += line.length;
+    for (const piece of line) {
+      this.lines.push(piece);
+      this.bytes += piece.length;
+    }
   }
 
   /** Checkpoints when the interval has passed, or earlier when the lines held reach
@@ -161,16 +163,12 @@ export class CheckpointWriter {
     this.bytes = 0;
     // Every blob these entries reference was added to a pack before this call.
     await this.packs.flush();
-    // Straight into one buffer: no joined string of the same size besides.
-    const content = Buffer.allocUnsafeSlow(lines.reduce((sum, line) => sum + Buffer.byteLength(line), 0));
-    let offset = 0;
-    for (const line of lines) offset += content.write(line, offset);
-    const files = lines.length;
+    const content = Buffer.concat(lines);
     lines.length = 0;
     const key = backupCheckpointKey(this.id, ++this.written, suffixOf(this.format));
     await this.repo.storage.put(key, await encodeBuffer(content, this.format), { kind: 'meta' });
     this.last = Date.now();
-    log.debug(`backup ${this.id}: checkpoint ${this.written}`, { files });
+    log.debug(`backup ${this.id}: checkpoint ${this.written}`, { bytes: content.length });
   }
 }
 
