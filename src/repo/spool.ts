@@ -15,10 +15,10 @@
  *   pgark.json           the repository description (cached), dropped.log (archive-queue-max)
  * and, in the default spool base, locators/ (src/cli/spool-locator.ts).
  */
-import type { FSWatcher } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from '../config/load.ts';
 import { PgarkError, type PgarkErrorCode } from '../errors.ts';
+import { DirectoryWatcher } from '../util/directory-watcher.ts';
 import { errorCode, fs } from '../util/node-fs.ts';
 
 const DEFAULT_SPOOL = '/var/spool/pgark';
@@ -192,6 +192,13 @@ export class Spool {
     await this.writeRecord('failed', name, failure);
   }
 
+  /** The directory of the failure records (made when missing): the pusher watches it. */
+  pushFailureDirectory(): string {
+    const directory = join(this.root, 'failed');
+    fs.mkdirSync(directory, { recursive: true, mode: 0o700 });
+    return directory;
+  }
+
   async readPushFailure(name: string): Promise<PushFailure | undefined> {
     return this.readRecord<PushFailure>('failed', name);
   }
@@ -345,38 +352,9 @@ function processAlive(pid: number): boolean {
   }
 }
 
-/**
- * Waiting for the spool to change: pause(ms) ends after `ms`, or at once when a file appears in
- * or leaves one of `directories` (inotify through fs.watch; where that is unavailable, the
- * pause simply runs its length: polling).
- */
-export class SpoolWatcher {
-  private readonly watchers: FSWatcher[] = [];
-  private wake: () => void = () => {};
-
+/** A DirectoryWatcher of directories of the spool (e.g. 'archived'). */
+export class SpoolWatcher extends DirectoryWatcher {
   constructor(spool: Spool, directories: readonly string[]) {
-    for (const directory of directories) {
-      try {
-        const watcher = fs.watch(join(spool.root, directory), { persistent: false }, () => this.wake());
-        watcher.on('error', () => {});
-        this.watchers.push(watcher);
-      } catch {
-        // no inotify: polling only
-      }
-    }
-  }
-
-  pause(ms: number): Promise<void> {
-    return new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, ms);
-      this.wake = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-    });
-  }
-
-  close(): void {
-    for (const watcher of this.watchers) watcher.close();
+    super(directories.map((directory) => join(spool.root, directory)));
   }
 }

@@ -63,7 +63,11 @@ export async function pushWalFile(repo: Repository, name: string, content: Buffe
   // The block map is decoded and stored alongside (it is only used once the segment is stored).
   const blockMap = file.kind === 'segment' && repo.walBlockMap ? storeWalSummary(repo, name, sha256, content, signal) : undefined;
   blockMap?.catch(() => {}); // awaited below
-  await repo.storage.put(key, await encoding, { kind: 'wal', signal });
+  const encoded = await encoding;
+  await repo.storage.put(key, encoded, { kind: 'wal', signal });
+  // Stored: its memory goes back now. Left to the GC, the compressed segments made the pusher run
+  // 6 full collections in 50 segments instead of 1 (V8 counts the memory of buffers).
+  if (encoded !== content) freeNow(encoded);
   await blockMap;
 
   // Two writers racing on one name (a split brain: two primaries archiving into one
