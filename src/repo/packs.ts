@@ -59,13 +59,17 @@ export class PackWriter {
   /** Appends (copies) an encoded blob; waits when too many packs are uploading (bounded memory). */
   async add(blob: Buffer): Promise<BlobLocation> {
     this.throwIfFailed();
-    // A pack stays within the target size (a blob larger than it gets a pack of its own).
-    if (this.current && this.current.size > 0 && this.current.size + blob.length > this.targetSize) await this.seal();
+    // A pack stays within the target size (a blob larger than it gets a pack of its own). Checked
+    // again after each seal: while one waits for an upload slot, other blobs open and fill the
+    // next pack, which this blob may no longer fit either (appended anyway, it was cut at the
+    // end of the buffer: a pack shorter than its manifest said, under slow uploads).
+    while (this.current && this.current.size > 0 && this.current.size + blob.length > this.targetSize) await this.seal();
     if (!this.current) {
       const buffer = blob.length > this.targetSize ? Buffer.allocUnsafeSlow(blob.length) : (this.idleBuffers.pop() ?? Buffer.allocUnsafeSlow(this.targetSize));
       this.current = { id: randomBytes(12).toString('hex') + this.suffix, buffer, size: 0 };
     }
     const pack = this.current;
+    if (pack.size + blob.length > pack.buffer.length) throw new Error(`internal: a ${blob.length}-byte blob does not fit in pack ${pack.id} at ${pack.size}`);
     const location = { packId: pack.id, offset: pack.size, length: blob.length };
     blob.copy(pack.buffer, pack.size);
     pack.size += blob.length;
