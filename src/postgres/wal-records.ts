@@ -98,19 +98,24 @@ export class WalChanges {
     return changes;
   }
 
-  /** The fork of the last addBlock, and its last block: records often name the same page as the one before. */
-  private last: { spc: number; db: number; rel: number; fork: number; changes: ForkChanges } | undefined;
+  // The fork of the last addBlock: records often name the same relation, and page, as the one before.
+  private lastSpc = -1;
+  private lastDb = -1;
+  private lastRel = -1;
+  private lastFork = -1;
+  private lastChanges: ForkChanges | undefined;
 
   addBlock(spc: number, db: number, rel: number, fork: number, block: number): void {
-    const last = this.last;
-    if (last && last.rel === rel && last.spc === spc && last.db === db && last.fork === fork) {
-      const { blocks } = last.changes;
-      if (blocks[blocks.length - 1] !== block) blocks.push(block);
-      return;
+    let changes = this.lastChanges;
+    if (!changes || rel !== this.lastRel || spc !== this.lastSpc || db !== this.lastDb || fork !== this.lastFork) {
+      changes = this.lastChanges = this.fork(spc, db, rel, fork);
+      this.lastSpc = spc;
+      this.lastDb = db;
+      this.lastRel = rel;
+      this.lastFork = fork;
     }
-    const changes = this.fork(spc, db, rel, fork);
-    this.last = { spc, db, rel, fork, changes };
-    if (changes.blocks[changes.blocks.length - 1] !== block) changes.blocks.push(block);
+    const { blocks } = changes;
+    if (blocks[blocks.length - 1] !== block) blocks.push(block);
   }
 
   addLimit(spc: number, db: number, rel: number, fork: number, limit: number): void {
@@ -308,6 +313,12 @@ export function joinSplitRecord(tail: Buffer, head: Buffer, pageMagic: number, c
   }
 }
 
+/** The record's headers run past the bytes at hand: false (wait for the join) when partial, else throw. */
+function shortOf(partial: boolean): true {
+  if (partial) return true;
+  throw new UnknownWal('record headers longer than expected');
+}
+
 /** Block references of the record being decoded: spc, db, rel, fork, block for each (33 at most). */
 const pendingBlocks = new Float64Array((XLR_MAX_BLOCK_ID + 1) * 5);
 
@@ -341,18 +352,13 @@ function decodeRecord(
   let dataTotal = 0;
   let mainLength = 0;
   let spc = -1, db = -1, rel = -1;
-  const need = (bytes: number): boolean => {
-    if (offset + bytes <= end) return true;
-    if (partial) return false;
-    throw new UnknownWal('record headers longer than expected');
-  };
   while (remaining > dataTotal) {
-    if (!need(1)) return false;
+    if (offset + 1 > end && shortOf(partial)) return false;
     const id = buffer[offset]!;
     offset += 1;
     remaining -= 1;
     if (id === XLR_BLOCK_ID_DATA_SHORT) {
-      if (!need(1)) return false;
+      if (offset + 1 > end && shortOf(partial)) return false;
       mainLength = buffer[offset]!;
       offset += 1;
       remaining -= 1;
@@ -360,7 +366,7 @@ function decodeRecord(
       break;
     }
     if (id === XLR_BLOCK_ID_DATA_LONG) {
-      if (!need(4)) return false;
+      if (offset + 4 > end && shortOf(partial)) return false;
       mainLength = buffer.readUInt32LE(offset);
       offset += 4;
       remaining -= 4;
@@ -368,39 +374,39 @@ function decodeRecord(
       break;
     }
     if (id === XLR_BLOCK_ID_ORIGIN) {
-      if (!need(2)) return false;
+      if (offset + 2 > end && shortOf(partial)) return false;
       offset += 2;
       remaining -= 2;
       continue;
     }
     if (id === XLR_BLOCK_ID_TOPLEVEL_XID) {
-      if (!need(4)) return false;
+      if (offset + 4 > end && shortOf(partial)) return false;
       offset += 4;
       remaining -= 4;
       continue;
     }
     if (id > XLR_MAX_BLOCK_ID) throw new UnknownWal(`block id ${id}`);
-    if (!need(3)) return false;
+    if (offset + 3 > end && shortOf(partial)) return false;
     const forkFlags = buffer[offset]!;
     const dataLength = buffer.readUInt16LE(offset + 1);
     offset += 3;
     remaining -= 3;
     dataTotal += dataLength;
     if ((forkFlags & BKPBLOCK_HAS_IMAGE) !== 0) {
-      if (!need(5)) return false;
+      if (offset + 5 > end && shortOf(partial)) return false;
       const imageLength = buffer.readUInt16LE(offset);
       const imageInfo = buffer[offset + 4]!;
       offset += 5;
       remaining -= 5;
       dataTotal += imageLength;
       if ((imageInfo & BKPIMAGE_HAS_HOLE) !== 0 && (imageInfo & compressedBits) !== 0) {
-        if (!need(2)) return false;
+        if (offset + 2 > end && shortOf(partial)) return false;
         offset += 2;
         remaining -= 2;
       }
     }
     if ((forkFlags & BKPBLOCK_SAME_REL) === 0) {
-      if (!need(12)) return false;
+      if (offset + 12 > end && shortOf(partial)) return false;
       spc = buffer.readUInt32LE(offset);
       db = buffer.readUInt32LE(offset + 4);
       rel = buffer.readUInt32LE(offset + 8);
@@ -409,7 +415,7 @@ function decodeRecord(
     } else if (rel < 0) {
       throw new UnknownWal('"same relation" without a previous one');
     }
-    if (!need(4)) return false;
+    if (offset + 4 > end && shortOf(partial)) return false;
     if (blockCount > XLR_MAX_BLOCK_ID) throw new UnknownWal('too many block references');
     const at = blockCount++ * 5;
     pendingBlocks[at] = spc;
