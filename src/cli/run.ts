@@ -30,6 +30,14 @@ function settingOptions(): ParseArgsOptionsConfig {
   return options;
 }
 
+/** Errors of local files that are the host's to fix, with what to do. */
+const LOCAL_FILE_ERRORS: Record<string, string> = {
+  ENOSPC: 'a local disk is full (the target directory, the spool or TMPDIR): free space or use a larger filesystem, then run again',
+  EDQUOT: 'a disk quota is exhausted (the target directory, the spool or TMPDIR): raise it or free space, then run again',
+  EROFS: 'the filesystem is mounted read-only',
+  EMFILE: 'too many open files: raise the limit (ulimit -n) or lower process-max',
+};
+
 function reportError(error: unknown, debug: boolean, command: string | undefined): number {
   const prefix = command ? `pgark ${command}` : 'pgark';
   if (error instanceof PgarkError) {
@@ -43,6 +51,13 @@ function reportError(error: unknown, debug: boolean, command: string | undefined
     return 130;
   }
   const message = error instanceof Error ? error.message : String(error);
+  const localHint = LOCAL_FILE_ERRORS[(error as NodeJS.ErrnoException)?.code ?? ''];
+  if (localHint) {
+    // The machine's, not pgark's: say what to fix instead of "internal error".
+    process.stderr.write(`${prefix}: error: ${message.split('\n')[0]}\n${prefix}: hint: ${localHint}\n`);
+    if (debug) process.stderr.write(`${(error as Error)?.stack ?? ''}\n`);
+    return 2;
+  }
   process.stderr.write(`${prefix}: internal error: ${message.split('\n')[0]}\n`);
   if (debug) process.stderr.write(`${(error as Error)?.stack ?? ''}\n`);
   else process.stderr.write(`${prefix}: hint: run again with --debug for details, and report it if it persists\n`);

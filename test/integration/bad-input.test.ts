@@ -4,10 +4,11 @@
  * nothing written — the repository directory, bucket or working directory is as before.
  */
 import assert from 'node:assert/strict';
-import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, closeSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { pgark, type CliOptions, type CliResult } from '../support/cli.ts';
+import { NODE_BIN, PGARK_BIN, pgark, SAFE_BASE_ENV, type CliOptions, type CliResult } from '../support/cli.ts';
 import { assertCleanFailure, azureSettings, keygen, limiter, pgarkOk, s3Settings, snapshotTree, tempDir } from '../support/cli-checks.ts';
 import { azureEnv, createTestBucket, listKeys, listOpenMultipartUploads, s3Env, skipServers, type TestBucket } from '../support/objstores.ts';
 import { createCluster, freePort, type Cluster } from '../support/postgres.ts';
@@ -265,4 +266,20 @@ describe('bad input: one clear error line, nothing written', { concurrency: true
     assert.equal(result.stdout.length, 0);
     assert.deepEqual(snapshotTree(repoDir), before);
   });
+});
+
+test('a full local disk is a clear error with a hint, not an internal error (pgark get > /dev/full)', async () => {
+  const { cwd, repo } = workspace();
+  await pgarkOk(['put', 's1', '--repo', repo], { cwd, stdin: Buffer.alloc(3 << 20, 7) });
+  const full = openSync('/dev/full', 'w');
+  try {
+    const r = spawnSync(NODE_BIN, [PGARK_BIN, 'get', 's1', '--repo', repo], { cwd, env: { ...process.env, ...SAFE_BASE_ENV }, stdio: ['ignore', full, 'pipe'], encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.status, 2, r.stderr);
+    const lines = r.stderr.trim().split('\n').filter((l) => !l.startsWith('{'));
+    assert.match(lines[0]!, /^pgark get: error: ENOSPC/);
+    assert.match(lines[1]!, /^pgark get: hint: a local disk is full/);
+    assert.ok(!/internal error/.test(r.stderr));
+  } finally {
+    closeSync(full);
+  }
 });
