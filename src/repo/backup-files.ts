@@ -285,12 +285,14 @@ class PieceReader {
   private readonly reader: DataFileReader;
   private readonly buffers: BufferPool;
   private ahead: { buffer: Buffer; read: Promise<number> } | undefined;
-  private position = 0;
+  private position: number;
   private ended = false;
 
-  constructor(reader: DataFileReader, buffers: BufferPool) {
+  /** `from`: the byte offset of the first piece. */
+  constructor(reader: DataFileReader, buffers: BufferPool, from = 0) {
     this.reader = reader;
     this.buffers = buffers;
+    this.position = from;
   }
 
   private readAhead(): void {
@@ -403,11 +405,7 @@ export async function backupFile(
           unchanged[i] = lsn > 0 && lsn < baseStartLsn ? 1 : 0;
           if (!unchanged[i]) changedBlocks++;
         }
-        if (verify) {
-          for (const i of badChecksumPages(buffer, bytesRead, blockSize, firstBlockNumber + number)) {
-            if (await confirmChecksumError(file.absolute, number + i, firstBlockNumber, ctx)) checksumErrors.push(number + i);
-          }
-        }
+        if (verify) await collectChecksumErrors(file.absolute, buffer, bytesRead, number, firstBlockNumber, ctx, checksumErrors);
         if (changedBlocks === blocks && builder.empty) {
           // Every block is new (a full backup, a new or rewritten file): the buffer is the blob.
           closeRun(number);
@@ -490,6 +488,7 @@ async function backupChangedBlocks(
   const readFrom = Math.min(Math.floor(base.s / blockSize), changes.limit);
   const reader = await ctx.reads.open(file.absolute, { relation: true, comparedWithBase: true });
   let size = 0;
+  let tail: PieceReader | undefined;
   const changed: number[] = [];
   const reads: number[] = []; // first block, count of each read
 
@@ -497,11 +496,7 @@ async function backupChangedBlocks(
   const readBlocks = async (buffer: Buffer, at: number, first: number, count: number): Promise<boolean> => {
     const bytes = await reader.read(buffer.subarray(at * blockSize), count * blockSize, first * blockSize);
     bytesRead += bytes;
-    if (verify && bytes > 0) {
-      for (const i of badChecksumPages(buffer.subarray(at * blockSize), bytes, blockSize, firstBlockNumber + first)) {
-        if (await confirmChecksumError(file.absolute, first + i, firstBlockNumber, ctx)) checksumErrors.push(first + i);
-      }
-    }
+    if (verify && bytes > 0) await collectChecksumErrors(file.absolute, buffer.subarray(at * blockSize), bytes, first, firstBlockNumber, ctx, checksumErrors);
     return bytes === count * blockSize;
   };
 
@@ -553,29 +548,16 @@ async function backupChangedBlocks(
 
     // From readFrom on: every block, read in whole pieces like a new file.
     if (!truncated) {
+      tail = new PieceReader(reader, buffers, readFrom * blockSize);
       let position = readFrom;
       for (;;) {
         ctx.signal?.throwIfAborted();
-        const buffer = buffers.take();
-        let bytes: number;
-        try {
-          bytes = await reader.read(buffer, buffer.length, position * blockSize);
-        } catch (error) {
-          buffers.give(buffer);
-          throw error;
-        }
+        const piece = await tail.next();
+        if (!piece) break;
+        const { buffer, bytes } = piece;
         bytesRead += bytes;
-        if (bytes === 0) {
-          buffers.give(buffer);
-          break;
-        }
-        if (verify) {
-          for (const i of badChecksumPages(buffer, bytes, blockSize, firstBlockNumber + position)) {
-            if (await confirmChecksumError(file.absolute, position + i, firstBlockNumber, ctx)) checksumErrors.push(position + i);
-          }
-        }
+        if (verify) await collectChecksumErrors(file.absolute, buffer, bytes, position, firstBlockNumber, ctx, checksumErrors);
         size = position * blockSize + bytes;
-        const count = Math.ceil(bytes / blockSize);
         if (builder.empty) {
           await builder.adopt(position, buffer, bytes);
         } else {
@@ -586,14 +568,14 @@ async function backupChangedBlocks(
             buffers.give(buffer);
           }
         }
-        position += count;
-        if (bytes < buffer.length) break;
+        position += Math.ceil(bytes / blockSize);
       }
     }
     await builder.finish();
   } finally {
     builder.discard();
-    await reader.close();
+    if (tail) await tail.close(); // closes the reader too
+    else await reader.close();
   }
 
   const blockCount = Math.ceil(size / blockSize);
@@ -613,6 +595,16 @@ async function backupChangedBlocks(
 function segmentOf(path: string): number {
   const dot = path.lastIndexOf('.');
   return dot > path.lastIndexOf('/') ? Number(path.slice(dot + 1)) : 0;
+}
+
+/**
+ * Verifies the data checksums of `bytes` of pages read into `buffer`, the first being block
+ * `first` of the file, and adds the block numbers of the confirmed failures to `errors`.
+ */
+async function collectChecksumErrors(path: string, buffer: Buffer, bytes: number, first: number, firstBlockNumber: number, ctx: FileBackupContext, errors: number[]): Promise<void> {
+  for (const i of badChecksumPages(buffer, bytes, ctx.blockSize, firstBlockNumber + first)) {
+    if (await confirmChecksumError(path, first + i, firstBlockNumber, ctx)) errors.push(first + i);
+  }
 }
 
 /**

@@ -158,10 +158,15 @@ export class ChangedBlocks {
   private readonly forks = new Map<string, { blocks: BlockSet; limit: number }>();
   private readonly databases = new Set<number>();
 
+  private fork(key: string): { blocks: BlockSet; limit: number } {
+    let ours = this.forks.get(key);
+    if (!ours) this.forks.set(key, (ours = { blocks: new BlockSet(), limit: Infinity }));
+    return ours;
+  }
+
   add(changes: WalChanges): void {
     for (const [key, fork] of changes.forks) {
-      let ours = this.forks.get(key);
-      if (!ours) this.forks.set(key, (ours = { blocks: new BlockSet(), limit: Infinity }));
+      const ours = this.fork(key);
       for (const block of fork.blocks) ours.blocks.add(block);
       if (fork.limit !== undefined) ours.limit = Math.min(ours.limit, fork.limit);
     }
@@ -170,8 +175,7 @@ export class ChangedBlocks {
 
   addStored(stored: StoredSummary): void {
     for (const [key, limit, deltas] of stored.forks) {
-      let ours = this.forks.get(key);
-      if (!ours) this.forks.set(key, (ours = { blocks: new BlockSet(), limit: Infinity }));
+      const ours = this.fork(key);
       let block = 0;
       for (let i = 0; i < deltas.length; i++) {
         block = i === 0 ? deltas[0]! : block + deltas[i]!;
