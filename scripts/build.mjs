@@ -3,7 +3,9 @@
 // (code splitting) means `pgark --version` parses almost nothing, and a command loads only
 // the storage driver it uses (the AWS and Azure SDKs are large).
 import { build } from 'esbuild';
-import { chmodSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { chmodSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
 // Build into a fresh directory and swap it in, so a running pgark (or test) never sees a
@@ -75,6 +77,17 @@ await build({
   external: ['pg-native', 'lz4-napi'],
 });
 chmodSync(`${outdir}/pgark.mjs`, 0o755);
+
+// The `pgark` executable is a shell launcher (src/cli/launcher.sh: it answers most wal-push
+// calls without starting Node). Its build id — the version and a hash of the bundles — is part
+// of the key of the markers it trusts, so a marker written by another build is not.
+const bundleHash = createHash('sha256');
+for (const file of readdirSync(outdir, { recursive: true }).map(String).sort()) {
+  if (!file.endsWith('.mjs')) continue;
+  bundleHash.update(file).update('\0').update(readFileSync(join(outdir, file)));
+}
+const buildId = `${pkg.version}-${bundleHash.digest('hex').slice(0, 16)}`;
+writeFileSync(`${outdir}/pgark`, readFileSync('src/cli/launcher.sh', 'utf8').replaceAll('@PGARK_BUILD@', buildId), { mode: 0o755 });
 rmSync(`dist.old-${process.pid}`, { recursive: true, force: true });
 try {
   renameSync('dist', `dist.old-${process.pid}`);

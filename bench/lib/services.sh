@@ -56,9 +56,12 @@ install_pgark() {
   cp -a "$from" "$snap.new/dist" || die "copying $from failed (a concurrent rebuild?); run again"
   ln -s "$ROOT/node_modules" "$snap.new/node_modules"     # lz4-napi is loaded from node_modules at run time
   rm -rf "$snap"; mv "$snap.new" "$snap"
+  # pgark's own launcher (dist/pgark, a shell script that starts Node only when it must), with
+  # the project's Node first on PATH (the system's may be older than pgark needs)
   cat >"$PGARK" <<EOF
 #!/bin/sh
-exec "$NODE" "$snap/dist/pgark.mjs" "\$@"
+PATH="$(dirname "$NODE"):\$PATH"; export PATH
+exec "$snap/dist/pgark" "\$@"
 EOF
   chmod 755 "$PGARK"
   # the benchmarks' S3 helper, bundled like pgark (the unbundled AWS SDK takes seconds to load)

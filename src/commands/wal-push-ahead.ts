@@ -16,6 +16,7 @@ import type { CommandContext } from '../cli/context.ts';
 import { requireSetting } from '../config/load.ts';
 import { isOutage, readyFiles, walFileInfo, WalFileReader, type ReadyFile } from '../repo/push-ahead.ts';
 import { Repository } from '../repo/repository.ts';
+import { QuickMarkers } from '../repo/quick-markers.ts';
 import { Spool } from '../repo/spool.ts';
 import { pushWalFile } from '../repo/wal-archive.ts';
 import { DirectoryWatcher } from '../util/directory-watcher.ts';
@@ -37,7 +38,9 @@ export async function run(ctx: CommandContext): Promise<number> {
   const spool = Spool.open(ctx.loaded.config, requireSetting(ctx.loaded, 'repo', 'where to archive WAL?'));
   const release = await spool.tryLock('push');
   if (!release) return 0; // another pusher is running
+  const quick = QuickMarkers.forPusher(walDirectory);
   try {
+    quick?.start();
     let repo: Repository;
     try {
       repo = await Repository.open(ctx.loaded, { requireInit: true, spool });
@@ -48,18 +51,19 @@ export async function run(ctx: CommandContext): Promise<number> {
       throw error;
     }
     try {
-      await pushLoop(ctx, repo, spool, walDirectory);
+      await pushLoop(ctx, repo, spool, walDirectory, quick);
     } finally {
       await repo.close();
     }
   } finally {
-    await removeStaleRecords(spool, walDirectory).catch(() => {});
+    quick?.stop();
+    await removeStaleRecords(spool, walDirectory, quick).catch(() => {});
     await release();
   }
   return 0;
 }
 
-async function pushLoop(ctx: CommandContext, repo: Repository, spool: Spool, walDirectory: string): Promise<void> {
+async function pushLoop(ctx: CommandContext, repo: Repository, spool: Spool, walDirectory: string, quick: QuickMarkers | undefined): Promise<void> {
   const window = ctx.loaded.config['archive-push-ahead'] + 1;
   const processMax = ctx.loaded.config['process-max'];
   // Files this process marked: never pushed again, though PostgreSQL may not have renamed
@@ -76,11 +80,13 @@ async function pushLoop(ctx: CommandContext, repo: Repository, spool: Spool, wal
       const outcome = await pushWalFile(repo, file.name, content, ctx.signal);
       release(); // stored: nothing reads the buffer any more (after a failure it is left to the GC: an aborted request might)
       await spool.markArchived(file.name, info);
+      quick?.markArchived(file.name);
       done.add(file.name);
       log.info(outcome === 'already-archived' ? `${file.name} was already archived with the same content` : `archived ${file.name}`, { ms: Date.now() - started });
     } catch (error) {
       if (ctx.signal.aborted) return;
       await spool.recordPushFailure(file.name, error).catch(() => {});
+      quick?.markFailed(file.name);
       log.warn(`could not archive ${file.name}; the wal-push call for it reports why`, { error: (error as Error).message });
       if (isOutage(error)) outage = true;
     }
@@ -94,11 +100,21 @@ async function pushLoop(ctx: CommandContext, repo: Repository, spool: Spool, wal
     let idleSince = Date.now();
     while (!ctx.signal.aborted) {
       const seenChanges = watcher.changes;
-      let ready: ReadyFile[];
+      let allReady: ReadyFile[];
       try {
-        ready = (await readyFiles(walDirectory)).slice(0, window);
+        allReady = await readyFiles(walDirectory);
       } catch {
         break; // the WAL directory is gone (the cluster was removed)
+      }
+      const ready = allReady.slice(0, window);
+      // Markers of files PostgreSQL has taken (.ready -> .done) have served. The launcher, which
+      // answers most calls, removes nothing, and under steady load this process never exits.
+      const readyNames = new Set(allReady.map((file) => file.name));
+      for (const name of done) {
+        if (readyNames.has(name)) continue;
+        done.delete(name);
+        await spool.clearArchived(name);
+        quick?.forget(name);
       }
       if (!outage) {
         const failed = new Set(await spool.pushFailureNames());
@@ -125,8 +141,9 @@ async function pushLoop(ctx: CommandContext, repo: Repository, spool: Spool, wal
 }
 
 /** Markers and failure records of files PostgreSQL no longer waits for (archived, or removed). */
-async function removeStaleRecords(spool: Spool, walDirectory: string): Promise<void> {
+async function removeStaleRecords(spool: Spool, walDirectory: string, quick: QuickMarkers | undefined): Promise<void> {
   const ready = new Set((await readyFiles(walDirectory)).map((file) => file.name));
+  quick?.removeStale(ready);
   for (const name of await spool.archivedNames()) if (!ready.has(name)) await spool.clearArchived(name);
   for (const name of await spool.pushFailureNames()) if (!ready.has(name)) await spool.clearPushFailure(name);
 }

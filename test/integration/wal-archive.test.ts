@@ -110,8 +110,14 @@ async function checkRepo(t: { diagnostic(m: string): void }, repo: WalRepo, c: C
   }
   if (!repo.recipient) t.diagnostic(`${label}: ${archivedCount} segments, ${(storedBytes / archivedCount / 1024).toFixed(0)} KiB stored per 1 MiB segment on average (zstd)`);
 
-  // markers of files uploaded ahead are consumed when PostgreSQL asks for the file
-  assert.deepEqual(repo.archivedMarkers(), [], `${label}: no push-ahead marker left in the spool`);
+  // Markers of files uploaded ahead go once PostgreSQL has the file: removed by the call when
+  // Node answered it, by the running pusher when the launcher did (it writes nothing).
+  const walDir = path.join(c.dataDir, 'pg_wal');
+  const quickDir = path.join(walDir, '.pgark', 'archived');
+  const leftover = () => [...repo.archivedMarkers(), ...(fs.existsSync(quickDir) ? fs.readdirSync(quickDir) : [])]
+    .filter((name) => !fs.existsSync(path.join(walDir, 'archive_status', `${name}.ready`)));
+  for (let i = 0; i < 300 && leftover().length > 0; i++) await sleep(100);
+  assert.deepEqual(leftover(), [], `${label}: no push-ahead marker left once PostgreSQL has the files`);
   if (repo.repoDir) {
     const temps = keys.filter((k) => k.includes('.pgark-tmp-'));
     assert.deepEqual(temps, [], 'no temporary files left in the file repository');
@@ -188,7 +194,9 @@ for (const major of MAJORS) {
     const ahead = (log.match(/uploaded ahead/g) ?? []).length;
     const direct = (log.match(/"msg":"archived [0-9A-F]{24}"/g) ?? []).length;
     const again = (log.match(/was already archived with the same content/g) ?? []).length;
-    t.diagnostic(`wal-push calls: ${direct} uploaded their own file, ${ahead} found it uploaded ahead, ${again} found it archived already`);
-    assert.equal(ahead + direct + again, 2 * stats.archived_count, 'one log line per wal-push call and repository');
+    // The calls the launcher answered (file uploaded ahead, no Node started) log nothing.
+    const quiet = 2 * stats.archived_count - ahead - direct - again;
+    t.diagnostic(`wal-push calls: ${direct} uploaded their own file, ${ahead} found it uploaded ahead, ${again} found it archived already, ${quiet} answered by the launcher`);
+    assert.ok(quiet >= 0, 'at most one log line per wal-push call and repository');
   });
 }

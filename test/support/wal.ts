@@ -24,6 +24,15 @@ export const FULL = process.env.PGARK_TEST_FULL === '1';
 /** The pgark executable these tests run: dist/pgark.mjs, or another build (PGARK_TEST_BIN). */
 export const PGARK = process.env.PGARK_TEST_BIN || PGARK_BIN;
 export const MATRIX = process.env.PGARK_TEST_MATRIX === '1';
+/**
+ * The `pgark` executable users and PostgreSQL run: the shell launcher next to the bundle
+ * (src/cli/launcher.sh), which answers most wal-push calls without starting Node. Absent in
+ * builds from before it (PGARK_TEST_BIN): then Node runs the bundle directly.
+ */
+export const LAUNCHER = path.join(path.dirname(PGARK), 'pgark');
+const HAS_LAUNCHER = fs.existsSync(LAUNCHER);
+/** PATH for the launcher: the project's Node first (the system's may be older than pgark needs). */
+export const LAUNCHER_PATH = `${path.dirname(NODE_BIN)}:/usr/local/bin:/usr/bin:/bin`;
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -141,8 +150,16 @@ export interface WalRepo {
   pgark(args: readonly string[], opts?: { env?: Record<string, string | undefined>; timeoutMs?: number; cwd?: string }): Promise<RunResult>;
   /** `pgark init` for this cluster (and the recipient when encrypted). */
   init(cluster: Cluster): Promise<void>;
-  /** A shell command line running pgark with this config (for archive_command / restore_command). */
+  /**
+   * A shell command line running pgark with this config (for archive_command / restore_command),
+   * through the launcher as PostgreSQL runs it for users.
+   */
   command(args: string): string;
+  /**
+   * Runs the launcher (`pgark ARGS --config FILE`) as the clusters' OS user. `withoutNode`: with
+   * a PATH on which no Node can be found, so only what the launcher answers by itself succeeds.
+   */
+  launch(args: readonly string[], opts: { cwd: string; withoutNode?: boolean; configPath?: string }): Promise<RunResult>;
   /** Every object key of the repository, relative to it. */
   keys(): Promise<string[]>;
   /** Raw stored bytes of an object. */
@@ -220,7 +237,12 @@ export async function createWalRepo(opts: WalRepoOptions): Promise<WalRepo> {
         if (r.code !== 0) throw new Error(`pgark init failed (exit ${r.code}): ${r.stderr}`);
       },
       command(args) {
-        return `'${NODE_BIN}' '${PGARK}' ${args} --config '${configPath}'`;
+        if (!HAS_LAUNCHER) return `'${NODE_BIN}' '${PGARK}' ${args} --config '${configPath}'`;
+        return `PATH='${LAUNCHER_PATH}' '${LAUNCHER}' ${args} --config '${configPath}'`;
+      },
+      launch(args, o) {
+        const env = pgarkEnv({ HOME: dir, PATH: o.withoutNode ? '/nonexistent-pgark-test' : LAUNCHER_PATH });
+        return runAsTestUser(LAUNCHER, [...args, '--config', o.configPath ?? configPath], { env, cwd: o.cwd, timeoutMs: 120_000 });
       },
       async keys() {
         if (repoDir) return walkFiles(repoDir);
