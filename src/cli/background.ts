@@ -53,15 +53,16 @@ function startTracked(args: readonly string[], env: Record<string, string>, logF
 /**
  * The prefetcher (wal-prefetch) of `spool`, for a wal-fetch call: the returned function says
  * whether one is running, and starts one (once) when none is — `after`, the file the call
- * serves, is where it starts prefetching. A prefetcher that runs follows the position wal-fetch
+ * serves, is where it starts prefetching; `walDirectory`, where the call writes it (pg_wal: the
+ * prefetcher announces itself there to the launcher, see src/repo/quick-markers.ts). A prefetcher that runs follows the position wal-fetch
  * records and answers requests, so a new one starts only when none runs.
  */
-export function prefetcherOf(spool: Spool, after: string, args: readonly string[], env: Record<string, string>): () => Promise<boolean> {
+export function prefetcherOf(spool: Spool, after: string, walDirectory: string, args: readonly string[], env: Record<string, string>): () => Promise<boolean> {
   let started: { exited: boolean } | undefined;
   return async () => {
     if (await spool.lockHolder('prefetch')) return true;
     if (started) return !started.exited; // started, not holding the lock yet (or gone)
-    started = startTracked(['wal-prefetch', after, ...args], env, join(spool.root, 'wal-prefetch.log'));
+    started = startTracked(['wal-prefetch', after, walDirectory, ...args], env, join(spool.root, 'wal-prefetch.log'));
     return true;
   };
 }

@@ -216,8 +216,8 @@ export const COMMANDS: readonly CommandSpec[] = [
   {
     name: 'wal-prefetch',
     summary: 'Download the segments after SEGMENT into the spool (started by wal-fetch)',
-    usage: 'pgark wal-prefetch SEGMENT',
-    positionals: { min: 1, max: 1 },
+    usage: 'pgark wal-prefetch SEGMENT [WALDIR]',
+    positionals: { min: 1, max: 2 },
     options: {},
     usesConfig: true,
     hidden: true,

@@ -71,7 +71,7 @@ async function fetchFromSpool(spool: Spool, location: SpoolLocation, invocation:
   const file = parseWalFileName(name);
   if (!file || !fs.existsSync(spool.fetchedPath(''))) return undefined; // no spool yet: the normal path makes it
   const { args, env } = childArguments(invocation.flags);
-  const prefetcher = location.walPrefetch > 0 ? prefetcherOf(spool, name, args, env) : undefined;
+  const prefetcher = location.walPrefetch > 0 ? prefetcherOf(spool, name, dirname(resolve(destination)), args, env) : undefined;
   const outcome = await fetchThroughSpool(spool, name, resolve(destination), prefetcher);
   if (outcome === undefined) return undefined;
   if (outcome === 'missing') {

@@ -6,57 +6,69 @@
 # asks, so the call only has to see that it did. Node needs ~27 ms of CPU just to start; this
 # script answers such a call in about a millisecond, without starting Node at all.
 #
-# The quick answer: for `pgark wal-push [--config FILE] PATH`, the pusher writes
-# DIR/.pgark/archived/NAME (DIR: the directory of PATH, i.e. pg_wal) once the object store has
-# confirmed NAME, containing the key below of the call that started the pusher. Exit 0 is
-# answered here only when all of these hold, else Node runs and checks everything itself:
+# What it answers itself (src/repo/quick-markers.ts writes the files it reads, in DIR/.pgark/,
+# DIR being the directory of %p, i.e. pg_wal), for `pgark wal-push [--config FILE] PATH` and
+# `pgark wal-fetch [--config FILE] NAME PATH`:
+#   - wal-push: exit 0 when the background pusher has marked the file archived
+#     (DIR/.pgark/archived/NAME, written once the object store confirmed it). While the pusher
+#     runs (pusher.pid) and has not failed the file (failed/NAME), it waits for the marker a
+#     little, in 10 ms steps.
+#   - wal-fetch of a segment: while the background prefetcher runs (DIR/.pgark/prefetch: its
+#     key, spool directory and PID), a segment it has downloaded and verified into its spool is
+#     moved to %p, and the position is recorded for the prefetcher — what Node's fast path does.
+# Only when everything below holds; otherwise Node runs and checks everything itself:
 #   - the marker's key equals this call's: the same pgark build and the same config file path
 #     (so the same repository, as long as the environment is the same — PostgreSQL's can only
 #     change with a restart, see the next point);
-#   - the marker is newer than the WAL file, than the config file and than ./postmaster.pid
-#     (PostgreSQL runs archive_command in the data directory and rewrites that file at each
-#     start: a marker from before a restart, a restored PGDATA or an edited config is not
-#     trusted).
-# While the pusher runs (DIR/.pgark/pusher.pid) and has not failed NAME (DIR/.pgark/failed/NAME),
-# the script waits for the marker a little, in 10 ms steps; then Node takes over.
-# src/repo/quick-markers.ts writes these files; docs/FORMAT.md describes them.
+#   - the marker is newer than the config file and than ./postmaster.pid (PostgreSQL runs these
+#     commands in the data directory and rewrites that file at each start: a marker from before
+#     a restart, a restored PGDATA or an edited config is not trusted), and for wal-push newer
+#     than the WAL file.
 
 build='@PGARK_BUILD@'
 
-# Sets quick_key, quick_config and quick_wal for a wal-push command line this script understands.
+# Sets quick_command, quick_key, quick_config and quick_args (the positionals, space-separated:
+# checked below to be names and paths without spaces) for a command line this script understands.
 quick_invocation() {
-  [ "$1" = wal-push ] || return 1
+  case $1 in wal-push) want=1 ;; wal-fetch) want=2 ;; *) return 1 ;; esac
+  quick_command=$1
   shift
   quick_config=${PGARK_CONFIG:-/etc/pgark/pgark.yaml}
-  quick_wal=
+  quick_args=
+  count=0
   while [ $# -gt 0 ]; do
     case $1 in
       --config) [ $# -ge 2 ] || return 1; quick_config=$2; shift 2 ;;
       --config=*) quick_config=${1#--config=}; shift ;;
-      -*) return 1 ;;
-      *) [ -z "$quick_wal" ] || return 1; quick_wal=$1; shift ;;
+      -* | *[!A-Za-z0-9_./-]* | '') return 1 ;;
+      *) quick_args="$quick_args $1"; count=$((count + 1)); shift ;;
     esac
   done
-  [ -n "$quick_wal" ] || return 1
+  [ "$count" -eq "$want" ] || return 1
   case $quick_config in /*) ;; *) return 1 ;; esac
   quick_key="pgark-quick-1 $build $quick_config"
 }
 
-# Exits 0 when the pusher has archived the file; returns when Node must answer.
+# Whether the marker file $1 is newer than everything a marker must postdate (see above).
+fresh() {
+  ! { [ "$quick_config" -nt "$1" ] || [ postmaster.pid -nt "$1" ]; }
+}
+
+# wal-push NAME-PATH: exits 0 when the pusher has archived the file; returns when Node must answer.
 quick_push() {
-  name=${quick_wal##*/}
-  case $quick_wal in */*) dir=${quick_wal%/*} ;; *) dir=. ;; esac
+  wal=$1
+  name=${wal##*/}
+  case $wal in */*) dir=${wal%/*} ;; *) dir=. ;; esac
   marker=$dir/.pgark/archived/$name
   steps=0
   while :; do
     if [ -f "$marker" ]; then
       IFS= read -r content <"$marker" || return 0
-      [ "$content" = "$quick_key" ] || return 0
-      [ "$dir/$name" -nt "$marker" ] || [ "$quick_config" -nt "$marker" ] || [ postmaster.pid -nt "$marker" ] && return 0
+      [ "$content" = "$quick_key" ] && fresh "$marker" && ! [ "$wal" -nt "$marker" ] || return 0
       exit 0
     fi
     [ -f "$dir/.pgark/failed/$name" ] && return 0
-    IFS= read -r pid <"$dir/.pgark/pusher.pid" 2>/dev/null || return 0
+    IFS= read -r pid 2>/dev/null <"$dir/.pgark/pusher.pid" || return 0
     kill -0 "$pid" 2>/dev/null || return 0
     steps=$((steps + 1))
     [ "$steps" -le 300 ] || return 0
@@ -64,9 +76,30 @@ quick_push() {
   done
 }
 
+# wal-fetch NAME PATH: exits 0 when a prefetched segment is in place; returns when Node must answer.
+quick_fetch() {
+  name=$1 target=$2
+  case $name in *[!0-9A-F]*) return 0 ;; esac
+  [ "${#name}" -eq 24 ] || return 0
+  case $target in */*) dir=${target%/*} ;; *) dir=. ;; esac
+  pointer=$dir/.pgark/prefetch
+  { IFS= read -r key && IFS= read -r spool && IFS= read -r pid; } 2>/dev/null <"$pointer" || return 0
+  [ "$key" = "$quick_key" ] && fresh "$pointer" && kill -0 "$pid" 2>/dev/null || return 0
+  [ -f "$spool/fetched/$name" ] || return 0
+  mv -f -- "$spool/fetched/$name" "$target" 2>/dev/null || return 0
+  # The prefetcher follows the position (a missing update only slows the next calls down).
+  printf '%s\n' "$name" 2>/dev/null >"$spool/fetch-position.tmp-launcher-$$" &&
+    mv -f -- "$spool/fetch-position.tmp-launcher-$$" "$spool/fetch-position" 2>/dev/null
+  exit 0
+}
+
 if quick_invocation "$@"; then
-  quick_push
-  # The pusher this call may start writes markers with this call's key.
+  # quick_args unquoted on purpose: checked to hold no spaces or glob characters
+  case $quick_command in
+    wal-push) quick_push $quick_args ;;
+    wal-fetch) quick_fetch $quick_args ;;
+  esac
+  # Processes this call starts (the pusher, the prefetcher) write markers with this call's key.
   PGARK_INTERNAL_QUICK_KEY=$quick_key
   export PGARK_INTERNAL_QUICK_KEY
 fi

@@ -47,7 +47,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     pushAhead: config['archive-push-ahead'], archiveTimeoutMs: config['archive-timeout'], walPrefetch: config['wal-prefetch'],
   });
 
-  const prefetcher = config['wal-prefetch'] > 0 ? prefetcherOf(spool, name, ctx.forwardArgs, ctx.forwardEnv) : undefined;
+  const prefetcher = config['wal-prefetch'] > 0 ? prefetcherOf(spool, name, dirname(target), ctx.forwardArgs, ctx.forwardEnv) : undefined;
   const outcome = await fetchThroughSpool(spool, name, target, prefetcher);
   if (outcome === 'missing') {
     log.debug(`${name} is not in the archive`);

@@ -1,5 +1,7 @@
 /**
- * pgark wal-prefetch NAME — started in the background by wal-fetch. One runs per spool (a lock);
+ * pgark wal-prefetch NAME [WALDIR] — started in the background by wal-fetch (WALDIR: where the
+ * calls write the files, pg_wal; while it runs, the launcher serves prefetched segments too, see
+ * src/repo/quick-markers.ts). One runs per spool (a lock);
  * it keeps an S3 (or other store) client open so that the wal-fetch calls PostgreSQL makes, one
  * process per WAL file, need not start one each. It does two things:
  *
@@ -18,11 +20,12 @@
  */
 import { watch, type FSWatcher } from 'node:fs';
 import { readdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { CommandContext } from '../cli/context.ts';
 import { requireSetting } from '../config/load.ts';
 import { parseWalFileName, requireWalFileName, segmentName, segmentNumber } from '../postgres/wal.ts';
 import { walDirectoryOf } from '../repo/layout.ts';
+import { QuickPrefetch } from '../repo/quick-markers.ts';
 import { Repository } from '../repo/repository.ts';
 import { Spool } from '../repo/spool.ts';
 import { findStoredWal, listWalObjects, WalReadBuffers, type StoredWalObject } from '../repo/wal-archive.ts';
@@ -40,6 +43,7 @@ export async function run(ctx: CommandContext): Promise<number> {
   const release = await spool.tryLock('prefetch');
   if (!release) return 0; // another prefetcher is running; it follows the position and answers requests
   const prefetcher = new Prefetcher(ctx, spool);
+  const quick = QuickPrefetch.forPrefetcher(ctx.args[1] === undefined ? undefined : resolve(ctx.args[1]), spool.root);
   try {
     let repo: Repository;
     try {
@@ -50,8 +54,10 @@ export async function run(ctx: CommandContext): Promise<number> {
       throw error;
     }
     try {
+      quick?.start();
       await prefetcher.run(repo, start.name);
     } finally {
+      quick?.stop();
       await repo.close();
     }
   } finally {

@@ -16,7 +16,7 @@ import type { CommandContext } from '../cli/context.ts';
 import { requireSetting } from '../config/load.ts';
 import { isOutage, readyFiles, walFileInfo, WalFileReader, type ReadyFile } from '../repo/push-ahead.ts';
 import { Repository } from '../repo/repository.ts';
-import { QuickMarkers } from '../repo/quick-markers.ts';
+import { QuickPush } from '../repo/quick-markers.ts';
 import { Spool } from '../repo/spool.ts';
 import { pushWalFile } from '../repo/wal-archive.ts';
 import { DirectoryWatcher } from '../util/directory-watcher.ts';
@@ -38,7 +38,7 @@ export async function run(ctx: CommandContext): Promise<number> {
   const spool = Spool.open(ctx.loaded.config, requireSetting(ctx.loaded, 'repo', 'where to archive WAL?'));
   const release = await spool.tryLock('push');
   if (!release) return 0; // another pusher is running
-  const quick = QuickMarkers.forPusher(walDirectory);
+  const quick = QuickPush.forPusher(walDirectory);
   try {
     quick?.start();
     let repo: Repository;
@@ -63,7 +63,7 @@ export async function run(ctx: CommandContext): Promise<number> {
   return 0;
 }
 
-async function pushLoop(ctx: CommandContext, repo: Repository, spool: Spool, walDirectory: string, quick: QuickMarkers | undefined): Promise<void> {
+async function pushLoop(ctx: CommandContext, repo: Repository, spool: Spool, walDirectory: string, quick: QuickPush | undefined): Promise<void> {
   const window = ctx.loaded.config['archive-push-ahead'] + 1;
   const processMax = ctx.loaded.config['process-max'];
   // Files this process marked: never pushed again, though PostgreSQL may not have renamed
@@ -141,7 +141,7 @@ async function pushLoop(ctx: CommandContext, repo: Repository, spool: Spool, wal
 }
 
 /** Markers and failure records of files PostgreSQL no longer waits for (archived, or removed). */
-async function removeStaleRecords(spool: Spool, walDirectory: string, quick: QuickMarkers | undefined): Promise<void> {
+async function removeStaleRecords(spool: Spool, walDirectory: string, quick: QuickPush | undefined): Promise<void> {
   const ready = new Set((await readyFiles(walDirectory)).map((file) => file.name));
   quick?.removeStale(ready);
   for (const name of await spool.archivedNames()) if (!ready.has(name)) await spool.clearArchived(name);

@@ -174,6 +174,26 @@ export interface WalRepo {
   cleanup(): Promise<void>;
 }
 
+/**
+ * A PATH directory with the few programs the launcher uses besides shell builtins (mv, sleep,
+ * readlink) and no Node: a call that needs Node fails on it.
+ */
+function toolsWithoutNode(): string {
+  const directory = path.join(os.tmpdir(), 'pgark-test-tools-without-node');
+  if (!fs.existsSync(directory)) {
+    const temp = `${directory}.${process.pid}`;
+    fs.mkdirSync(temp, { recursive: true });
+    for (const tool of ['mv', 'sleep', 'readlink']) fs.symlinkSync(`/bin/${tool}`, path.join(temp, tool));
+    fs.chmodSync(temp, 0o755);
+    try {
+      fs.renameSync(temp, directory);
+    } catch {
+      fs.rmSync(temp, { recursive: true, force: true }); // made by a test running in parallel
+    }
+  }
+  return directory;
+}
+
 function yamlOf(settings: Record<string, string | number | boolean>): string {
   return Object.entries(settings).map(([k, v]) => `${k}: ${typeof v === 'string' ? JSON.stringify(v) : String(v)}`).join('\n') + '\n';
 }
@@ -241,7 +261,7 @@ export async function createWalRepo(opts: WalRepoOptions): Promise<WalRepo> {
         return `PATH='${LAUNCHER_PATH}' '${LAUNCHER}' ${args} --config '${configPath}'`;
       },
       launch(args, o) {
-        const env = pgarkEnv({ HOME: dir, PATH: o.withoutNode ? '/nonexistent-pgark-test' : LAUNCHER_PATH });
+        const env = pgarkEnv({ HOME: dir, PATH: o.withoutNode ? toolsWithoutNode() : LAUNCHER_PATH });
         return runAsTestUser(LAUNCHER, [...args, '--config', o.configPath ?? configPath], { env, cwd: o.cwd, timeoutMs: 120_000 });
       },
       async keys() {

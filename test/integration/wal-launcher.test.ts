@@ -1,7 +1,8 @@
 // The `pgark` launcher (src/cli/launcher.sh) answers a wal-push call without starting Node
-// when the background pusher has archived the file, and only then. Real segments of a real
-// cluster in a pg_wal-like directory (archive_status/*.ready), a file:// repository; calls
-// made like PostgreSQL's archiver (cwd = the data directory, %p = pg_wal/NAME).
+// when the background pusher has archived the file, and a wal-fetch call when the running
+// prefetcher has the segment, and only then. Real segments of a real cluster, a file://
+// repository; calls made like PostgreSQL's (cwd = the data directory, %p = pg_wal/NAME for
+// archive_command, pg_wal/RECOVERYXLOG for restore_command; archive_status/*.ready for push).
 // "Answered by the launcher" is observed by running it with no Node on PATH: such a call can
 // only exit 0 if the launcher answered; when it must hand over to Node it fails with the
 // launcher's "node is not on PATH" error instead.
@@ -12,6 +13,10 @@
 //     file or WAL file changed after the marker, a postmaster started after it (postmaster.pid),
 //     no marker at all, or a marker with another build's key;
 //   - with Node on PATH, each of those calls then succeeds (Node checks and archives).
+//   - wal-fetch: after a first call (Node) started the prefetcher, the next segments are put in
+//     place by the launcher alone, byte-identical, and the prefetcher follows the position it
+//     records; a history file, a segment not prefetched, another config path, a config file
+//     changed after the prefetcher started, or a prefetcher that is gone: handed to Node.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -23,8 +28,14 @@ import {
 
 const NO_NODE = /^pgark: error: node is not on PATH .*; hint: /m;
 
-test('the launcher answers wal-push calls of files the pusher archived, and hands every doubtful case to Node', { timeout: 600_000 }, async (t) => {
-  const cleanup = new Cleanup(t);
+/** Makes `file` newer than the markers written so far. */
+async function touchLater(file: string): Promise<void> {
+  await sleep(50);
+  const now = new Date();
+  fs.utimesSync(file, now, now);
+}
+
+async function archivedSegments(t: { diagnostic: (m: string) => void }, cleanup: Cleanup, count: number) {
   const originals = scratchDir('launcher-orig');
   cleanup.add('originals', () => fs.rmSync(originals, { recursive: true, force: true }));
   const cluster = await createCluster({
@@ -32,13 +43,20 @@ test('the launcher answers wal-push calls of files the pusher archived, and hand
     settings: { archive_mode: 'on', archive_command: `test ! -f '${originals}/%f' && cp %p '${originals}/%f'`, autovacuum: 'off' },
   });
   cleanup.add('cluster', () => cluster.destroy());
-  for (let i = 0; i < 9; i++) {
+  for (let i = 0; i < count; i++) {
     await insertRows(cluster, i * 10_000 + 1, 2000);
     await switchWal(cluster);
   }
   await waitArchived(cluster);
-  const names = fs.readdirSync(originals).filter((n) => /^[0-9A-F]{24}$/.test(n)).sort().slice(-9);
-  assert.equal(names.length, 9);
+  const names = fs.readdirSync(originals).filter((n) => /^[0-9A-F]{24}$/.test(n)).sort().slice(-count);
+  assert.equal(names.length, count);
+  t.diagnostic(`${count} segments of PostgreSQL ${cluster.major}`);
+  return { cluster, originals, names };
+}
+
+test('the launcher answers wal-push calls of files the pusher archived, and hands every doubtful case to Node', { timeout: 600_000 }, async (t) => {
+  const cleanup = new Cleanup(t);
+  const { cluster, originals, names } = await archivedSegments(t, cleanup, 9);
 
   const repo = await createWalRepo({ kind: 'file', name: 'launcher', settings: { 'archive-push-ahead': 16, 'process-max': 2 } });
   cleanup.add('repository', () => repo.cleanup());
@@ -62,11 +80,6 @@ test('the launcher answers wal-push calls of files the pusher archived, and hand
     const r = await call(name, true, configPath);
     assert.equal(r.code, 2, `${why}: handed to Node (exit 2), got ${r.code}\n${r.stderr}`);
     assert.match(r.stderr, NO_NODE, why);
-  };
-  const touchLater = async (file: string) => {
-    await sleep(1100); // past the marker's mtime even where test(1) compares whole seconds
-    const now = new Date();
-    fs.utimesSync(file, now, now);
   };
 
   const [n1, n2, n3, n4, n5, n6, n7, n8, n9] = names as [string, string, string, string, string, string, string, string, string];
@@ -117,4 +130,71 @@ test('the launcher answers wal-push calls of files the pusher archived, and hand
   }
   const after = await walObjects(repo);
   for (const name of names) assert.equal(after.get(name)?.[0]?.sha256, sha256(fs.readFileSync(path.join(walDir, name))), `${name} is in the repository`);
+});
+
+test('the launcher puts prefetched segments in place for wal-fetch, and hands every doubtful case to Node', { timeout: 600_000 }, async (t) => {
+  const cleanup = new Cleanup(t);
+  const { cluster, originals, names } = await archivedSegments(t, cleanup, 8);
+  const repo = await createWalRepo({ kind: 'file', name: 'launcher-fetch', settings: { 'wal-prefetch': 4, 'process-max': 2 } });
+  cleanup.add('repository', () => repo.cleanup());
+  await repo.init(cluster);
+  for (const name of names) {
+    const r = await repo.pgark(['wal-push', path.join(originals, name)]);
+    assert.equal(r.code, 0, r.stderr);
+  }
+
+  const dataDir = mkdirTestUser(path.join(repo.dir, 'standby'));
+  const walDir = mkdirTestUser(path.join(dataDir, 'pg_wal'));
+  const target = path.join(walDir, 'RECOVERYXLOG');
+  const fetch = (name: string, withoutNode: boolean, configPath?: string) =>
+    repo.launch(['wal-fetch', name, 'pg_wal/RECOVERYXLOG'], { cwd: dataDir, withoutNode, configPath });
+  const restored = (name: string, r: { code: number | null; stderr: string }, how: string) => {
+    assert.equal(r.code, 0, `${name} ${how}\n${r.stderr}`);
+    assert.ok(fs.readFileSync(target).equals(fs.readFileSync(path.join(originals, name))), `${name}: the archived bytes`);
+    fs.rmSync(target);
+  };
+  const handedToNode = async (name: string, why: string, configPath?: string) => {
+    const r = await fetch(name, true, configPath);
+    assert.equal(r.code, 2, `${why}: handed to Node (exit 2), got ${r.code}\n${r.stderr}`);
+    assert.match(r.stderr, NO_NODE, why);
+    assert.equal(fs.existsSync(target), false, `${why}: nothing written`);
+  };
+  const pointer = path.join(walDir, '.pgark', 'prefetch');
+  const waitPrefetched = async (wanted: string[]) => {
+    for (let i = 0; i < 600 && !(fs.existsSync(pointer) && wanted.every((n) => repo.fetchedFiles().includes(n))); i++) await sleep(100);
+    assert.ok(fs.existsSync(pointer), 'the prefetcher announced itself');
+    assert.deepEqual(wanted.filter((n) => !repo.fetchedFiles().includes(n)), [], 'prefetched');
+  };
+
+  const [n1, n2, n3, n4, n5, n6, n7, n8] = names as [string, string, string, string, string, string, string, string];
+  await handedToNode(n1, 'no prefetcher yet');
+  restored(n1, await fetch(n1, false), 'by Node, which starts the prefetcher');
+  await waitPrefetched([n2, n3, n4, n5]);
+  restored(n2, await fetch(n2, true), 'by the launcher alone');
+  assert.equal(fs.readFileSync(path.join(repo.spoolRoot, 'fetch-position'), 'utf8').trim(), n2, 'the launcher recorded the position');
+  await waitPrefetched([n3, n4, n5, n6]); // the prefetcher followed it
+  restored(n3, await fetch(n3, true), 'by the launcher alone');
+
+  await handedToNode('00000002.history', 'a history file');
+  await handedToNode(n8, 'a segment not prefetched (outside the window)');
+  const otherConfig = path.join(repo.dir, 'other.yaml');
+  fs.copyFileSync(repo.configPath, otherConfig);
+  chownTestUser(otherConfig);
+  const longAgo = new Date(Date.now() - 3600_000);
+  fs.utimesSync(otherConfig, longAgo, longAgo); // only the key differs
+  await handedToNode(n4, 'a prefetcher started for another config path', otherConfig);
+  // A name that is not a segment's is never a path into the spool (this one would be the position file).
+  assert.ok(fs.existsSync(path.join(repo.spoolRoot, 'fetch-position')));
+  await handedToNode('./././..//fetch-position', 'a name with a path in it');
+  await touchLater(repo.configPath);
+  await handedToNode(n4, 'the config file is newer than the prefetcher');
+  fs.utimesSync(repo.configPath, longAgo, longAgo);
+  restored(n4, await fetch(n4, true), 'by the launcher alone once the config is older again');
+  // A prefetcher that is gone (killed): its announcement is not trusted.
+  const [key, spool] = fs.readFileSync(pointer, 'utf8').split('\n');
+  fs.writeFileSync(pointer, `${key}\n${spool}\n999999999\n`);
+  await handedToNode(n5, 'the prefetcher is not running');
+  for (const name of [n5, n6, n7, n8]) restored(name, await fetch(name, false), 'by Node');
+  const r = await fetch('00000002.history', false);
+  assert.equal(r.code, 1, `a missing history file: exit 1 (not found)\n${r.stderr}`);
 });
