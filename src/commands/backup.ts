@@ -3,6 +3,8 @@
  *
  * 1. pg_backup_start on a connection held open throughout; the base for the incremental is
  *    the newest complete backup of this cluster on the same timeline (none: a full backup).
+ *    While its checkpoint runs, the backups are listed and the WAL block map of the stretch
+ *    archived so far is loaded (wal-block-map.ts) for the base that will most likely be chosen.
  * 2. Walk PGDATA and tablespaces in a fixed order; back up files in parallel (process-max):
  *    relation pages whose LSN predates the base's start are referenced, everything new is
  *    compressed, encrypted and appended to packs uploaded in the background. The manifest is
@@ -15,7 +17,7 @@
  */
 import type { CommandContext } from '../cli/context.ts';
 import { PgarkError } from '../errors.ts';
-import { startBackup, stopBackup } from '../postgres/backup-api.ts';
+import { startBackup, stopBackup, walPosition } from '../postgres/backup-api.ts';
 import { clusterInfo, connect } from '../postgres/connection.ts';
 import { comparePaths, walkDataDirectory, type DataEntry } from '../postgres/pgdata.ts';
 import { parseLsn, segmentName, segmentNumberOfLsn } from '../postgres/wal.ts';
@@ -29,7 +31,7 @@ import { PACK_TARGET_SIZE, PackWriter } from '../repo/packs.ts';
 import { RepositoryLock } from '../repo/lock.ts';
 import { Repository } from '../repo/repository.ts';
 import { listWalObjects } from '../repo/wal-archive.ts';
-import { ChangedBlocks, changedBlocksSince } from '../repo/wal-block-map.ts';
+import { ChangedBlocks, changedBlocksSince, WalSummaryPrefetch } from '../repo/wal-block-map.ts';
 import { join } from 'node:path';
 import { Semaphore } from '../util/concurrency.ts';
 import { log } from '../util/log.ts';
@@ -88,6 +90,9 @@ function backupId(type: 'full' | 'incremental', at: Date): string {
 
 export async function run(ctx: CommandContext): Promise<number> {
   const started = Date.now();
+  /** Debug log of a phase's end, in ms since the command began (the phases' times are what an incremental's fixed cost is made of). */
+  const phase = (message: string, fields?: Record<string, unknown>): void => log.debug(message, { ms: Date.now() - started, ...fields });
+  phase('backup command began', { processMs: Math.round(performance.now()) });
   const { config } = ctx.loaded;
   const repo = await Repository.open(ctx.loaded, { requireInit: true });
   const identity = repo.identity!;
@@ -107,6 +112,7 @@ export async function run(ctx: CommandContext): Promise<number> {
   let backupRunning = false;
   let packs: PackWriter | undefined;
   let manifest: ManifestWriter | undefined;
+  phase('repository locked, connected');
   try {
     const info = await clusterInfo(client);
     if (info.systemIdentifier !== identity.postgres.systemIdentifier) {
@@ -118,18 +124,35 @@ export async function run(ctx: CommandContext): Promise<number> {
     const blockSize = Number(settings.b);
     const dataChecksums = settings.c === 'on';
 
+    phase('cluster settings read');
+    // While the start checkpoint runs (seconds on a busy server): the backups are listed, and
+    // the WAL block map of the base they most likely give is loaded up to where the WAL is now.
+    const listed = listBackups(repo);
+    listed.catch(() => {}); // awaited after the start
+    const baseFor = (all: BackupSummary[], timeline: number, before: bigint): BackupSummary | undefined => ctx.options.full
+      ? undefined
+      : all.filter((b) => b.systemIdentifier === identity.postgres.systemIdentifier && b.timeline === timeline && parseLsn(b.startLsn) < before).at(-1);
+    let prefetch: Promise<WalSummaryPrefetch | undefined> = Promise.resolve(undefined);
+    if (!ctx.options.full && config['wal-block-map']) {
+      const now = await walPosition(client).catch(() => undefined);
+      if (now) {
+        prefetch = listed.then((all) => {
+          const guess = baseFor(all, now.timeline, now.lsn);
+          return guess ? new WalSummaryPrefetch(repo, { fromLsn: parseLsn(guess.startLsn), toLsn: now.lsn, timeline: now.timeline }) : undefined;
+        }, () => undefined);
+      }
+    }
     const label = `pgark ${new Date().toISOString()}`;
     const start = await startBackup(client, info.majorVersion, label);
     backupRunning = true;
-    log.debug('pg_backup_start returned', { ms: Date.now() - started });
+    phase('pg_backup_start returned');
     const startLsn = parseLsn(start.startLsn);
     // Taken after the start checkpoint: a transaction at or above this xmin commits after the
     // backup's redo point, so a restore to it may start from this backup (restore.ts).
     const startXmin = (await client.query<{ xmin: string }>('SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin')).rows[0]!.xmin;
 
-    const all = await listBackups(repo);
-    const previous = ctx.options.full ? [] : all.filter((b) => b.systemIdentifier === identity.postgres.systemIdentifier && b.timeline === start.timeline && parseLsn(b.startLsn) < startLsn);
-    const base: BackupSummary | undefined = previous.at(-1);
+    const all = await listed;
+    const base = baseFor(all, start.timeline, startLsn);
     const type = base ? 'incremental' : 'full';
     // Ids have one-second resolution; two backups in one second get consecutive seconds.
     const taken = new Set(all.map((b) => b.id.slice(0, 15)));
@@ -139,8 +162,10 @@ export async function run(ctx: CommandContext): Promise<number> {
     // --full stands alone: it neither references the last backup nor resumes an interrupted one.
     const resumable: ResumableBackup | undefined = ctx.options.full ? undefined : await findResumableBackup(repo, { newerThan: all.at(-1)?.id, systemIdentifier: info.systemIdentifier, timeline: start.timeline });
     log.info(`backup ${id} started`, { type, base: base?.id, resumes: resumable?.start.id, startLsn: start.startLsn, timeline: start.timeline, pgdata });
+    phase('base chosen', { backups: all.length });
     await writeBackupStart(repo, { format: 1, id, systemIdentifier: info.systemIdentifier, timeline: start.timeline, startLsn: start.startLsn, startedAt: start.startedAt.toISOString() });
 
+    phase('backup start recorded');
     const format = await repo.writeFormat();
     packs = new PackWriter(repo, suffixOf(format), { targetSize: PACK_TARGET_SIZE, maxUploads: 2, signal: ctx.signal });
     manifest = await ManifestWriter.open(repo, id, format, ctx.signal);
@@ -171,9 +196,10 @@ export async function run(ctx: CommandContext): Promise<number> {
         timeline: start.timeline,
         walDirectory: join(pgdata, 'pg_wal'),
         concurrency: config['process-max'],
-      });
+      }, await prefetch);
       if (changes instanceof ChangedBlocks) fileContext.walChanges = changes;
       else log.info(`this incremental reads every page (no WAL block map: ${changes.reason})`);
+      phase('WAL block map loaded');
     }
     // A file the interrupted backup stored is compared with its checkpoint entry instead.
     const resumeContext = resumable ? { ...fileContext, baseStartLsn: Number(parseLsn(resumable.start.startLsn)) } : undefined;
@@ -238,10 +264,10 @@ export async function run(ctx: CommandContext): Promise<number> {
     }
     while (window.length > 0) await drainOne();
     progress.done();
-    log.debug('files read', { ms: Date.now() - started, files: totals.files, read: formatBytes(totals.readBytes) });
+    phase('files read', { files: totals.files, read: formatBytes(totals.readBytes) });
 
     const stop = await stopBackup(client, info.majorVersion);
-    log.debug('pg_backup_stop returned', { ms: Date.now() - started });
+    phase('pg_backup_stop returned');
     backupRunning = false;
     await manifest.write({ t: 'end', backupLabel: stop.backupLabel, tablespaceMap: stop.tablespaceMap });
 
@@ -250,10 +276,13 @@ export async function run(ctx: CommandContext): Promise<number> {
     const startWal = segmentName(start.timeline, segmentNumberOfLsn(startLsn, segmentSize), segmentSize);
     const stopWal = segmentName(start.timeline, segmentNumberOfLsn(stopLsn - 1n, segmentSize), segmentSize);
     await waitForWal(repo, startWal, stopWal, segmentSize, config['archive-timeout'], ctx.signal, info.inRecovery);
-    log.debug('the WAL the backup needs is archived', { ms: Date.now() - started });
+    phase('the WAL the backup needs is archived');
 
     await packs.finish();
+    // (no checkpoint may be stored after the resume records are removed below)
+    await checkpoints.finish();
     const manifestBytes = await manifest.finish();
+    phase('packs and manifest stored');
     const summary: BackupSummary = {
       format: 1,
       id,
@@ -289,6 +318,7 @@ export async function run(ctx: CommandContext): Promise<number> {
     // A lapsed lease means an expire may have run meanwhile and deleted what this backup references.
     lock.assertHeld(`recording backup ${id}`);
     await writeBackupSummary(repo, summary);
+    phase('backup recorded');
     await removeResumeRecords(repo, id, resumable?.start.id);
     const seconds = summary.durationMs / 1000;
     log.info(`backup ${id} complete`, {
@@ -350,8 +380,11 @@ async function waitForWal(repo: Repository, startWal: string, stopWal: string, s
   for (let n = segmentNumber(first, segmentSize); n <= segmentNumber(last, segmentSize); n++) needed.push(segmentName(first.timeline, n, segmentSize));
   const deadline = Date.now() + timeoutMs;
   // The archiver is woken by the WAL switch at backup stop: the segment usually arrives within
-  // a fraction of a second (one wal-push); then fewer listings per second.
-  let pause = 50;
+  // a fraction of a second (one wal-push, or the background pusher). A listing of one WAL
+  // directory every 25 ms for the first second (doubling from 50 ms, the wait was seen up to
+  // ~200 ms after the segment arrived: a fifth of a small incremental), then fewer.
+  const waitStarted = Date.now();
+  let pause = 25;
   for (;;) {
     const present = new Set<string>();
     for (const directory of new Set(needed.map(walDirectoryOf))) for (const object of await listWalObjects(repo, directory)) present.add(object.name);
@@ -367,6 +400,6 @@ async function waitForWal(repo: Repository, startWal: string, stopWal: string, s
     }
     signal.throwIfAborted();
     await new Promise((resolve) => setTimeout(resolve, pause));
-    pause = Math.min(pause * 2, 1000);
+    if (Date.now() - waitStarted > 1000) pause = Math.min(pause * 2, 1000);
   }
 }

@@ -6,6 +6,7 @@
  */
 import type { Client } from 'pg';
 import { PgarkError } from '../errors.ts';
+import { parseLsn } from './wal.ts';
 
 export interface BackupStart {
   startLsn: string;
@@ -34,6 +35,19 @@ export async function startBackup(client: Client, major: number, label: string):
       cause: error,
     });
   }
+}
+
+/**
+ * Where the WAL is now (written on a primary, replayed on a standby) and the timeline of the
+ * last checkpoint: a guess, before the backup starts, of its base and WAL stretch (backup.ts
+ * loads the block map of that stretch during the start checkpoint). undefined if unknown.
+ */
+export async function walPosition(client: Client): Promise<{ timeline: number; lsn: bigint } | undefined> {
+  const { rows } = await client.query<{ tli: number; lsn: string | null }>(
+    'SELECT timeline_id AS tli, (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text AS lsn FROM pg_control_checkpoint()',
+  );
+  const row = rows[0];
+  return row?.lsn ? { timeline: Number(row.tli), lsn: parseLsn(row.lsn) } : undefined;
 }
 
 export async function stopBackup(client: Client, major: number): Promise<BackupStop> {

@@ -8,6 +8,7 @@
  * sorted, a total order that `comparePaths` reproduces, so two walks can be merged file by
  * file without holding either in memory.
  */
+import type { Stats } from 'node:fs';
 import { lstat, readdir, readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -54,6 +55,9 @@ export async function* walkDataDirectory(pgdata: string, options: { exclude?: (p
   yield* walkDirectory(pgdata, '', options.exclude ?? (() => false));
 }
 
+/** Entries of a directory whose lstat runs ahead of the walk. */
+const LSTAT_AHEAD = 16;
+
 async function* walkDirectory(absolute: string, relative: string, exclude: (path: string) => boolean): AsyncGenerator<DataEntry> {
   let names: string[];
   try {
@@ -74,9 +78,9 @@ async function* walkDirectory(absolute: string, relative: string, exclude: (path
     }
   }
 
+  const wanted: { name: string; path: string; full: string }[] = [];
   for (const name of names) {
     const path = top ? name : `${relative}/${name}`;
-    const full = join(absolute, name);
     if (top && EXCLUDED_TOP_FILES.has(name)) continue;
     if (name.startsWith('pgsql_tmp') || name === 'pg_internal.init' || name.startsWith('.pgark-')) continue;
     if (inDatabase && TEMP_RELATION.test(name)) continue;
@@ -85,14 +89,25 @@ async function* walkDirectory(absolute: string, relative: string, exclude: (path
       if (match && unlogged.has(match[1]!) && match[2] !== 'init') continue;
     }
     if (exclude(path)) continue;
+    wanted.push({ name, path, full: join(absolute, name) });
+  }
 
-    let info;
-    try {
-      info = await lstat(full);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue; // dropped meanwhile
-      throw error;
+  // A few entries are looked at ahead of the one yielded: one lstat at a time was a thread-pool
+  // round trip per file on the walk's path (a database has ~300 files even when nothing changed).
+  const infos: (Promise<Stats | undefined> | undefined)[] = [];
+  for (let i = 0; i < wanted.length; i++) {
+    while (infos.length < Math.min(wanted.length, i + LSTAT_AHEAD)) {
+      const info = lstat(wanted[infos.length]!.full).catch((error: unknown) => {
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined; // dropped meanwhile
+        throw error;
+      });
+      info.catch(() => {}); // awaited in order below
+      infos.push(info);
     }
+    const { name, path, full } = wanted[i]!;
+    const info = await infos[i];
+    infos[i] = undefined;
+    if (!info) continue;
     if (info.isSymbolicLink()) {
       const target = await readlink(full);
       if (relative === 'pg_tblspc' || (top && name === 'pg_wal')) {

@@ -119,7 +119,10 @@ export async function* readCheckpointEntries(repo: Repository, resumable: Resuma
 /**
  * Records what a running backup has stored: call `add` with each file's manifest line as it
  * is written, and `maybeCheckpoint` after; every `intervalMs` it makes the entries so far
- * durable (their packs stored) and writes them as the next checkpoint.
+ * durable (their packs stored) and writes them as the next checkpoint. A checkpoint is written
+ * in the background (waiting for the packs to be stored, compressing, uploading), one at a
+ * time: the walk does not stop for it (a small incremental's one checkpoint, triggered by the
+ * 4 MB line of a fragmented 1 GiB segment, cost it ~50 ms). `finish` waits for the last.
  */
 /** The most manifest text a running backup holds for its next checkpoint (100,000 small files write ~10 MB of it; held as strings, that was a tenth of the peak RSS). */
 const CHECKPOINT_MAX_BYTES = 2 * 1024 * 1024;
@@ -135,6 +138,9 @@ export class CheckpointWriter {
   private bytes = 0;
   private last = Date.now();
   private written = 0;
+  /** The checkpoint being written, if any. */
+  private running: Promise<void> | undefined;
+  private failure: { error: unknown } | undefined;
 
   constructor(repo: Repository, id: string, format: WriteFormat, packs: PackWriter, intervalMs: number) {
     this.repo = repo;
@@ -156,19 +162,42 @@ export class CheckpointWriter {
   /** Checkpoints when the interval has passed, or earlier when the lines held reach
    * CHECKPOINT_MAX_BYTES: memory must not grow with the number of files (100,000s of relations). */
   async maybeCheckpoint(): Promise<void> {
+    this.throwIfFailed();
     if (this.intervalMs <= 0 || this.lines.length === 0) return;
     if (Date.now() - this.last < this.intervalMs && this.bytes < CHECKPOINT_MAX_BYTES) return;
-    const lines = this.lines;
+    if (this.running) {
+      // The lines held stay bounded: past twice the limit the walk waits for the running one.
+      if (this.bytes < 2 * CHECKPOINT_MAX_BYTES) return;
+      await this.running;
+      this.throwIfFailed();
+    }
+    const content = Buffer.concat(this.lines);
     this.lines = [];
     this.bytes = 0;
-    // Every blob these entries reference was added to a pack before this call.
-    await this.packs.flush();
-    const content = Buffer.concat(lines);
-    lines.length = 0;
-    const key = backupCheckpointKey(this.id, ++this.written, suffixOf(this.format));
-    await this.repo.storage.put(key, await encodeBuffer(content, this.format), { kind: 'meta' });
-    this.last = Date.now();
-    log.debug(`backup ${this.id}: checkpoint ${this.written}`, { bytes: content.length });
+    const number = ++this.written;
+    // Every blob these entries reference was added to a pack before this call: the flush (which
+    // seals the pack being filled now) makes them all stored before the checkpoint names them.
+    this.running = (async () => {
+      await this.packs.flush();
+      const key = backupCheckpointKey(this.id, number, suffixOf(this.format));
+      await this.repo.storage.put(key, await encodeBuffer(content, this.format), { kind: 'meta' });
+      this.last = Date.now();
+      log.debug(`backup ${this.id}: checkpoint ${number}`, { bytes: content.length });
+    })().catch((error: unknown) => {
+      this.failure ??= { error };
+    }).finally(() => {
+      this.running = undefined;
+    });
+  }
+
+  /** Waits for the checkpoint being written; throws if one failed. */
+  async finish(): Promise<void> {
+    await this.running;
+    this.throwIfFailed();
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure) throw this.failure.error;
   }
 }
 

@@ -69,3 +69,41 @@ test('many changed blocks of one fork (a listed set becomes bitmaps) and the sto
     }
   }
 });
+
+test('anyChanged: whether any of a file\'s first blocks changed, listed and as bitmaps, per segment file', () => {
+  const small = new WalChanges();
+  small.addBlock(1663, 5, 16384, 0, 10);
+  small.addBlock(1663, 5, 16384, 0, SEG + 7);
+  const big = new WalChanges();
+  for (let i = 0; i < 5000; i++) big.addBlock(1663, 5, 20000, 0, 2 * SEG + 100 + i * 3); // bitmaps, segment file .2 only
+  big.addBlock(1663, 5, 20000, 0, 13); // and one block of the first
+  for (const wal of [small, big]) {
+    const changed = new ChangedBlocks();
+    changed.add(wal);
+    const any = (path: string, count: number) => {
+      const c = changed.forFile(path);
+      assert.ok(c?.kind === 'blocks', path);
+      // the same answer as asking block by block
+      let expected = false;
+      for (let b = 0; b < count; b++) expected ||= c.changed(b);
+      assert.equal(c.anyChanged(count), expected, `${path} [0, ${count})`);
+      return c.anyChanged(count);
+    };
+    if (wal === small) {
+      assert.equal(any('base/5/16384', 10), false);
+      assert.equal(any('base/5/16384', 11), true);
+      assert.equal(any('base/5/16384.1', 7), false);
+      assert.equal(any('base/5/16384.1', 8), true);
+      assert.equal(any('base/5/16384.2', SEG), false);
+      assert.equal(any('base/5/99999', SEG), false, 'a relation the WAL never named');
+    } else {
+      assert.equal(any('base/5/20000', 13), false);
+      assert.equal(any('base/5/20000', 14), true);
+      assert.equal(any('base/5/20000.1', SEG), false, 'no bit in this segment file\'s bitmap');
+      assert.equal(any('base/5/20000.2', 100), false);
+      assert.equal(any('base/5/20000.2', 101), true);
+      assert.equal(any('base/5/20000.2', 9), false);
+      assert.equal(any('base/5/20000.3', SEG), false);
+    }
+  }
+});
