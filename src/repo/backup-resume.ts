@@ -119,10 +119,11 @@ export async function* readCheckpointEntries(repo: Repository, resumable: Resuma
 /**
  * Records what a running backup has stored: call `add` with each file's manifest line as it
  * is written, and `maybeCheckpoint` after; every `intervalMs` it makes the entries so far
- * durable (their packs stored) and writes them as the next checkpoint. A checkpoint is written
- * in the background (waiting for the packs to be stored, compressing, uploading), one at a
- * time: the walk does not stop for it (a small incremental's one checkpoint, triggered by the
- * 4 MB line of a fragmented 1 GiB segment, cost it ~50 ms). `finish` waits for the last.
+ * durable (their packs stored) and writes them as the next checkpoint; the walk waits for it,
+ * so that a backup held back by its uploads still records its progress every interval. One due
+ * earlier, because the lines held reached CHECKPOINT_MAX_BYTES (a bound on memory), is written
+ * in the background, one at a time: a small incremental's only checkpoint, made for the 4 MB
+ * line of a fragmented 1 GiB segment, stopped its walk for ~50 ms. `finish` waits for it.
  */
 /** The most manifest text a running backup holds for its next checkpoint (100,000 small files write ~10 MB of it; held as strings, that was a tenth of the peak RSS). */
 const CHECKPOINT_MAX_BYTES = 2 * 1024 * 1024;
@@ -164,10 +165,11 @@ export class CheckpointWriter {
   async maybeCheckpoint(): Promise<void> {
     this.throwIfFailed();
     if (this.intervalMs <= 0 || this.lines.length === 0) return;
-    if (Date.now() - this.last < this.intervalMs && this.bytes < CHECKPOINT_MAX_BYTES) return;
+    const due = Date.now() - this.last >= this.intervalMs;
+    if (!due && this.bytes < CHECKPOINT_MAX_BYTES) return;
     if (this.running) {
       // The lines held stay bounded: past twice the limit the walk waits for the running one.
-      if (this.bytes < 2 * CHECKPOINT_MAX_BYTES) return;
+      if (!due && this.bytes < 2 * CHECKPOINT_MAX_BYTES) return;
       await this.running;
       this.throwIfFailed();
     }
@@ -177,13 +179,18 @@ export class CheckpointWriter {
     const number = ++this.written;
     // Every blob these entries reference was added to a pack before this call: the flush (which
     // seals the pack being filled now) makes them all stored before the checkpoint names them.
-    this.running = (async () => {
+    const writing = (async () => {
       await this.packs.flush();
       const key = backupCheckpointKey(this.id, number, suffixOf(this.format));
       await this.repo.storage.put(key, await encodeBuffer(content, this.format), { kind: 'meta' });
       this.last = Date.now();
       log.debug(`backup ${this.id}: checkpoint ${number}`, { bytes: content.length });
-    })().catch((error: unknown) => {
+    })();
+    if (due) {
+      await writing;
+      return;
+    }
+    this.running = writing.catch((error: unknown) => {
       this.failure ??= { error };
     }).finally(() => {
       this.running = undefined;
