@@ -17,13 +17,13 @@
 #     key, spool directory and PID), a segment it has downloaded and verified into its spool is
 #     moved to %p, and the position is recorded for the prefetcher — what Node's fast path does.
 # Only when everything below holds; otherwise Node runs and checks everything itself:
-#   - the marker's key equals this call's: the same pgark build and the same config file path
-#     (so the same repository, as long as the environment is the same — PostgreSQL's can only
-#     change with a restart, see the next point);
-#   - the marker is newer than the config file and than ./postmaster.pid (PostgreSQL runs these
-#     commands in the data directory and rewrites that file at each start: a marker from before
-#     a restart, a restored PGDATA or an edited config is not trusted), and for wal-push newer
-#     than the WAL file.
+#   - the marker's key equals this call's: the same pgark build, the same config file path and
+#     the same postmaster (PID and start time from ./postmaster.pid: PostgreSQL runs these
+#     commands in the data directory). So the same repository: the environment, the other
+#     source of settings, can only change with a restart. A marker from before a restart or of
+#     a restored PGDATA is not trusted;
+#   - the marker is newer than the config file (an edited config is not trusted), and for
+#     wal-push newer than the WAL file.
 
 build='@PGARK_BUILD@'
 
@@ -46,12 +46,16 @@ quick_invocation() {
   done
   [ "$count" -eq "$want" ] || return 1
   case $quick_config in /*) ;; *) return 1 ;; esac
-  quick_key="pgark-quick-1 $build $quick_config"
+  postmaster=-
+  if [ -f postmaster.pid ]; then
+    { IFS= read -r pm_pid && IFS= read -r pm_dir && IFS= read -r pm_start; } 2>/dev/null <postmaster.pid && postmaster="$pm_pid@$pm_start"
+  fi
+  quick_key="pgark-quick-2 $build $postmaster $quick_config"
 }
 
-# Whether the marker file $1 is newer than everything a marker must postdate (see above).
+# Whether the marker file $1 is newer than the config file.
 fresh() {
-  ! { [ "$quick_config" -nt "$1" ] || [ postmaster.pid -nt "$1" ]; }
+  ! [ "$quick_config" -nt "$1" ]
 }
 
 # wal-push NAME-PATH: exits 0 when the pusher has archived the file; returns when Node must answer.

@@ -17,6 +17,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Client } from 'pg';
 import type { CommandContext } from '../cli/context.ts';
+import { shellQuote } from '../cli/self-command.ts';
 import { PgarkError } from '../errors.ts';
 import { parseWalFileName, segmentNumber } from '../postgres/wal.ts';
 import { chownMarkerBack, cleanAbandonedScratch, SCRATCH_PREFIX, writeScratchMarker } from '../postgres/abandoned-scratch.ts';
@@ -28,7 +29,7 @@ import { listWalObjects, readStoredWal, type StoredWalObject } from '../repo/wal
 import { mapSettled } from '../util/concurrency.ts';
 import { log } from '../util/log.ts';
 import { formatBytes, formatDuration } from '../util/units.ts';
-import { chooseBackup, run as runRestore, shellQuote, targetOf, type Target } from './restore.ts';
+import { chooseBackup, run as runRestore, targetOf, type Target } from './restore.ts';
 
 interface Report {
   ok: boolean;

@@ -11,6 +11,7 @@ import { existsSync } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { CommandContext } from '../cli/context.ts';
+import { selfCommandLine } from '../cli/self-command.ts';
 import { PgarkError } from '../errors.ts';
 import { formatLsn, parseLsn } from '../postgres/wal.ts';
 import { listBackups, readManifest, type BackupSummary, type ManifestEntry } from '../repo/backup-manifest.ts';
@@ -120,10 +121,6 @@ function safePath(path: string): string {
 
 function sqlString(value: string): string {
   return `'${value.replaceAll("'", "''")}'`;
-}
-
-export function shellQuote(value: string): string {
-  return /^[\w@%+=:,./-]+$/.test(value) ? value : `'${value.replaceAll("'", "'\\''")}'`;
 }
 
 async function isEmptyOrAbsent(path: string): Promise<boolean> {
@@ -305,7 +302,7 @@ async function removeUnexpected(root: string, expected: Set<string>, relative = 
 async function writeRecoveryConfig(ctx: CommandContext, targetDir: string, target: Target, action: string | undefined, backup: BackupSummary): Promise<void> {
   const options = ctx.options;
   const restoreCommand = (options['restore-command'] as string | undefined)
-    ?? [process.execPath, process.argv[1]!, 'wal-fetch', '%f', '%p', ...ctx.forwardArgs].map((part) => (part === '%f' || part === '%p' ? part : shellQuote(part))).join(' ');
+    ?? selfCommandLine(['wal-fetch', '%f', '%p', ...ctx.forwardArgs]);
   if (!options['restore-command'] && Object.keys(ctx.forwardEnv).length > 0) {
     log.warn(`restore_command does not carry secret settings given as flags (${Object.keys(ctx.forwardEnv).join(', ')}): give them to PostgreSQL through the config file or its environment`);
   }

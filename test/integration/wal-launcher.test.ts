@@ -10,8 +10,8 @@
 //     quick markers; the calls for those files are then answered without Node, and the files
 //     are really in the repository;
 //   - not trusted (handed to Node): a marker from a call with another config path, a config
-//     file or WAL file changed after the marker, a postmaster started after it (postmaster.pid),
-//     no marker at all, or a marker with another build's key;
+//     file or WAL file changed after the marker, another postmaster (postmaster.pid), no marker
+//     at all, or a marker with another build's key;
 //   - with Node on PATH, each of those calls then succeeds (Node checks and archives).
 //   - wal-fetch: after a first call (Node) started the prefetcher, the next segments are put in
 //     place by the launcher alone, byte-identical, and the prefetcher follows the position it
@@ -114,14 +114,13 @@ test('the launcher answers wal-push calls of files the pusher archived, and hand
   // The WAL file changed after the marker.
   await touchLater(path.join(walDir, n6));
   await handedToNode(n6, 'the WAL file is newer than the marker');
-  // PostgreSQL restarted after the marker was written.
-  fs.writeFileSync(path.join(dataDir, 'postmaster.pid'), '1\n');
-  await touchLater(path.join(dataDir, 'postmaster.pid'));
-  await handedToNode(n7, 'the postmaster started after the marker');
+  // Another postmaster than the one the pusher was started under (PostgreSQL restarted).
+  fs.writeFileSync(path.join(dataDir, 'postmaster.pid'), `12345\n${dataDir}\n1763800000\n`);
+  await handedToNode(n7, 'another postmaster');
   fs.rmSync(path.join(dataDir, 'postmaster.pid'));
   // Another build's key.
   const marker8 = markerOf(n8);
-  fs.writeFileSync(marker8, fs.readFileSync(marker8, 'utf8').replace(/^(pgark-quick-1 )\S+/, '$1another-build'));
+  fs.writeFileSync(marker8, fs.readFileSync(marker8, 'utf8').replace(/^(pgark-quick-2 )\S+/, '$1another-build'));
   await handedToNode(n8, 'a marker of another build');
   // Node answers each of them (and archives whatever needs it).
   for (const name of [n5, n6, n7, n8, n9]) {
@@ -188,6 +187,9 @@ test('the launcher puts prefetched segments in place for wal-fetch, and hands ev
   await handedToNode('./././..//fetch-position', 'a name with a path in it');
   await touchLater(repo.configPath);
   await handedToNode(n4, 'the config file is newer than the prefetcher');
+  fs.writeFileSync(path.join(dataDir, 'postmaster.pid'), `12345\n${dataDir}\n1763800000\n`);
+  await handedToNode(n4, 'another postmaster');
+  fs.rmSync(path.join(dataDir, 'postmaster.pid'));
   fs.utimesSync(repo.configPath, longAgo, longAgo);
   restored(n4, await fetch(n4, true), 'by the launcher alone once the config is older again');
   // A prefetcher that is gone (killed): its announcement is not trusted.
