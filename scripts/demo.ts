@@ -7,7 +7,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createCluster, testUser, type Cluster } from '../test/support/postgres.ts';
 import { NODE_BIN, PGARK_BIN } from '../test/support/cli.ts';
 
@@ -55,7 +55,8 @@ try {
     major: 15,
     settings: {
       archive_mode: 'on',
-      archive_command: `${NODE_BIN} ${PGARK_BIN} wal-push %p --config ${configFile}`,
+      // through the launcher (dist/pgark), as `pgark` runs for users; the project's Node first on PATH
+      archive_command: `PATH=${dirname(NODE_BIN)}:"$PATH" ${join(dirname(PGARK_BIN), 'pgark')} wal-push %p --config ${configFile}`,
       archive_timeout: '0',
     },
   });
