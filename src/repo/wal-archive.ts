@@ -51,16 +51,28 @@ export async function pushWalFile(repo: Repository, name: string, content: Buffe
   const identity = repo.identity;
   if (!identity) throw new PgarkError('INTERNAL', 'pushWalFile needs an initialised repository');
   checkSegmentHeader(file, content, identity.postgres);
+  // The listing (a round trip) and the compression (on the thread pool) start first and run
+  // while this thread hashes the content; a duplicate only wastes that compression.
+  const listing = findStored(repo, name);
+  listing.catch(() => {}); // awaited below
+  const format = await repo.writeFormat();
+  const encoding = encodeBuffer(content, format);
+  encoding.catch(() => {}); // awaited below (or not needed)
   const sha256 = sha256Hex(content);
 
-  const existing = await findStored(repo, name);
-  if (existing.some((object) => object.sha256 === sha256)) return 'already-archived';
-  if (existing.length > 0) throw conflictError(name, existing);
+  const existing = await listing.catch(async (error: unknown) => {
+    await encoding.catch(() => {});
+    throw error;
+  });
+  if (existing.length > 0) {
+    await encoding.catch(() => {}); // nothing may still read `content` once this returns (the caller reuses it)
+    if (existing.some((object) => object.sha256 === sha256)) return 'already-archived';
+    throw conflictError(name, existing);
+  }
 
-  const format = await repo.writeFormat();
   const key = walObjectKey(name, sha256, suffixOf(format));
-  const encoding = encodeBuffer(content, format); // compresses on the thread pool while the block map is decoded
-  // The block map is decoded and stored alongside (it is only used once the segment is stored).
+  // The block map is decoded (while the compression runs) and stored alongside; it is only
+  // used once the segment is stored.
   const blockMap = file.kind === 'segment' && repo.walBlockMap ? storeWalSummary(repo, name, sha256, content, signal) : undefined;
   blockMap?.catch(() => {}); // awaited below
   const encoded = await encoding;

@@ -123,5 +123,6 @@ test('the background pusher reports conflicts and foreign segments through the c
   const newWalDir = path.join(newRepoDir, 'wal', s8.slice(0, 16));
   assert.ok(fs.existsSync(newWalDir) && fs.readdirSync(newWalDir).some((k) => k.startsWith(`${s8}-${sha256(content.get(s8)!)}`)),
     `${s8} is in the new repository when wal-push exits 0 (old repository ${oldUrl})\n${r.stderr}`);
-  assert.ok(fs.existsSync(path.join(repo.spoolRoot, 'archived', s8)), 'the old repository\'s marker was not consumed');
+  // (The old repository's marker itself may be gone by now: its pusher, still lingering, drops
+  // the markers of files PostgreSQL has taken.)
 });
