@@ -265,6 +265,10 @@ export async function run(ctx: CommandContext): Promise<number> {
     while (window.length > 0) await drainOne();
     progress.done();
     phase('files read', { files: totals.files, read: formatBytes(totals.readBytes) });
+    // No blob comes any more: the last pack is stored (and the last checkpoint written) while
+    // the backup stops and its WAL is archived, not after.
+    const packsStored = packs.finish().then(() => checkpoints.finish());
+    packsStored.catch(() => {}); // awaited below
 
     const stop = await stopBackup(client, info.majorVersion);
     phase('pg_backup_stop returned');
@@ -275,13 +279,14 @@ export async function run(ctx: CommandContext): Promise<number> {
     const stopLsn = parseLsn(stop.stopLsn);
     const startWal = segmentName(start.timeline, segmentNumberOfLsn(startLsn, segmentSize), segmentSize);
     const stopWal = segmentName(start.timeline, segmentNumberOfLsn(stopLsn - 1n, segmentSize), segmentSize);
+    const manifestStored = manifest.finish();
+    manifestStored.catch(() => {}); // awaited below
     await waitForWal(repo, startWal, stopWal, segmentSize, config['archive-timeout'], ctx.signal, info.inRecovery);
     phase('the WAL the backup needs is archived');
 
-    await packs.finish();
     // (no checkpoint may be stored after the resume records are removed below)
-    await checkpoints.finish();
-    const manifestBytes = await manifest.finish();
+    await packsStored;
+    const manifestBytes = await manifestStored;
     phase('packs and manifest stored');
     const summary: BackupSummary = {
       format: 1,
