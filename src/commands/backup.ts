@@ -25,7 +25,7 @@ import { backupFile, BLOCKS_PER_BLOB, BufferPool, type FileBackupResult } from '
 import { DirectReads } from '../util/direct-io.ts';
 import { CheckpointWriter, findResumableBackup, readCheckpointEntries, removeResumeRecords, writeBackupStart, type ResumableBackup } from '../repo/backup-resume.ts';
 import { listBackups, ManifestWriter, readManifest, writeBackupSummary, type BackupSummary, type ManifestEntry } from '../repo/backup-manifest.ts';
-import { walDirectoryOf } from '../repo/layout.ts';
+import { walDirectoryOf, walObjectPrefix } from '../repo/layout.ts';
 import { suffixOf } from '../pipeline/object-format.ts';
 import { PACK_TARGET_SIZE, PackWriter } from '../repo/packs.ts';
 import { RepositoryLock } from '../repo/lock.ts';
@@ -390,10 +390,14 @@ async function waitForWal(repo: Repository, startWal: string, stopWal: string, s
   // ~200 ms after the segment arrived: a fifth of a small incremental), then fewer.
   const waitStarted = Date.now();
   let pause = 25;
+  const present = new Set<string>(); // (an archived segment stays: expire waits for the lock)
   for (;;) {
-    const present = new Set<string>();
-    for (const directory of new Set(needed.map(walDirectoryOf))) for (const object of await listWalObjects(repo, directory)) present.add(object.name);
-    const missing = needed.filter((name) => !present.has(name));
+    let missing = needed.filter((name) => !present.has(name));
+    // A few segments are looked for by name (a listing of one object: the file store stats
+    // only that one, not the directory's 256 segments and their block maps), more by directory.
+    const prefixes = missing.length <= 4 ? missing.map(walObjectPrefix) : [...new Set(missing.map(walDirectoryOf))];
+    for (const prefix of prefixes) for (const object of await listWalObjects(repo, prefix)) present.add(object.name);
+    missing = needed.filter((name) => !present.has(name));
     if (missing.length === 0) return;
     if (Date.now() > deadline) {
       throw new PgarkError('STORAGE', `the WAL this backup needs is not archived: ${missing[0]}${missing.length > 1 ? ` and ${missing.length - 1} more` : ''} missing after ${Math.round(timeoutMs / 1000)}s`, {

@@ -71,7 +71,17 @@ export function parseWalObjectKey(key: string): WalObjectName | undefined {
 export const WAL_SUMMARY_PREFIX = 'walsum/';
 
 export function walSummaryKey(name: string, sha256: string, suffix: string): string {
-  return `${WAL_SUMMARY_PREFIX}${name.slice(0, 16)}/${name}-${sha256}${suffix}`;
+  return `${walSummaryPrefix(name)}${sha256}${suffix}`;
+}
+
+/** The directory of the block maps of WAL segment `name` and the segments next to it. */
+export function walSummaryDirectoryOf(name: string): string {
+  return `${WAL_SUMMARY_PREFIX}${name.slice(0, 16)}/`;
+}
+
+/** The common prefix of the block maps of WAL segment `name` (one per archived content). */
+export function walSummaryPrefix(name: string): string {
+  return `${walSummaryDirectoryOf(name)}${name}-`;
 }
 
 const WAL_SUMMARY_KEY = /^walsum\/[0-9A-F]{16}\/([0-9A-F]{24})-([0-9a-f]{64})(?:\.zst|\.lz4|\.gz)?(?:\.age)?$/;

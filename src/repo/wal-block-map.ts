@@ -22,7 +22,7 @@ import { formatLsn, segmentName, segmentNumberOfLsn } from '../postgres/wal.ts';
 import { RELSEG_BLOCKS } from '../postgres/page.ts';
 import { Semaphore } from '../util/concurrency.ts';
 import { log } from '../util/log.ts';
-import { parseWalSummaryKey, walSummaryKey, WAL_SUMMARY_PREFIX } from './layout.ts';
+import { parseWalSummaryKey, walDirectoryOf, walObjectPrefix, walSummaryDirectoryOf, walSummaryKey, walSummaryPrefix, WAL_SUMMARY_PREFIX } from './layout.ts';
 import type { Repository } from './repository.ts';
 import { listWalObjects } from './wal-archive.ts';
 
@@ -250,9 +250,14 @@ async function storedSummaryKeys(repo: Repository, names: readonly string[]): Pr
   const wanted = new Set(names);
   const archived = new Map<string, string>();
   const summaries = new Map<string, string>();
-  for (const directory of new Set(names.map((name) => name.slice(0, 16)))) {
-    for (const object of await listWalObjects(repo, `wal/${directory}/`)) if (wanted.has(object.name)) archived.set(object.name, object.sha256);
-    for await (const object of repo.storage.list(`${WAL_SUMMARY_PREFIX}${directory}/`)) {
+  // A few segments (those archived since a prefetch) are listed by name: a file store then
+  // stats only their objects, not a directory's 256 segments and block maps.
+  const byName = names.length <= 4;
+  // (otherwise one name per directory stands for it: names are in order)
+  const listed = byName ? names : names.filter((name, i) => i === 0 || walDirectoryOf(name) !== walDirectoryOf(names[i - 1]!));
+  for (const name of listed) {
+    for (const object of await listWalObjects(repo, byName ? walObjectPrefix(name) : walDirectoryOf(name))) if (wanted.has(object.name)) archived.set(object.name, object.sha256);
+    for await (const object of repo.storage.list(byName ? walSummaryPrefix(name) : walSummaryDirectoryOf(name))) {
       const parsed = parseWalSummaryKey(object.key);
       if (parsed && archived.get(parsed.name) === parsed.sha256) summaries.set(parsed.name, object.key);
     }
