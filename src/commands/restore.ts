@@ -19,11 +19,10 @@ import { acquireReaderLease, type RepositoryLock } from '../repo/lock.ts';
 import { checkTimeReachable } from '../repo/recoverability.ts';
 import { Repository } from '../repo/repository.ts';
 import { listWalObjects } from '../repo/wal-archive.ts';
-import { DecoderPool, ReadAhead, RANGE_MAX, restoreFiles, syncFilesystems, WINDOW_BLOCKS, type FileToRestore } from '../repo/restore-files.ts';
+import { DecoderPool, FETCH_AHEAD_BYTES, ReadAhead, restoreFiles, syncFilesystems, WINDOW_BLOCKS, type FileToRestore } from '../repo/restore-files.ts';
 import { Semaphore } from '../util/concurrency.ts';
-import { AlignedBufferPool, DirectIo } from '../util/direct-io.ts';
+import { AlignedBufferPool, DirectIo, ReusableAlignedBuffers } from '../util/direct-io.ts';
 import { log } from '../util/log.ts';
-import { ReusableBuffers } from '../util/memory.ts';
 import { createProgress } from '../util/progress.ts';
 import { formatBytes, formatDuration } from '../util/units.ts';
 
@@ -186,10 +185,11 @@ export async function run(ctx: CommandContext): Promise<number> {
     const windows = new AlignedBufferPool(loaded.config['process-max'] + 2, WINDOW_BLOCKS * backup.blockSize);
     const direct = loaded.config['restore-direct-io'] && !delta ? new DirectIo() : undefined;
     const decoders = new DecoderPool(identities, loaded.config['process-max']);
-    // Per restore, not per batch: process-max ranged GETs of up to 4 MiB, and twice process-max
-    // windows' worth of decoded content (blobs still in use included).
-    const blobBuffers = new ReusableBuffers(WINDOW_BLOCKS * backup.blockSize + 1);
-    const readAhead = new ReadAhead({ fetchBytes: loaded.config['process-max'] * RANGE_MAX, decodeBytes: loaded.config['process-max'] * 2 * WINDOW_BLOCKS * backup.blockSize });
+    // Per restore, not per batch: process-max times FETCH_AHEAD_BYTES fetched (in ranges of up
+    // to RANGE_MAX), and twice process-max windows' worth of decoded content (blobs still in
+    // use, or being written from where they were decoded, included).
+    const blobBuffers = new ReusableAlignedBuffers(WINDOW_BLOCKS * backup.blockSize + 1, 2 * loaded.config['process-max'] + 2);
+    const readAhead = new ReadAhead({ fetchBytes: loaded.config['process-max'] * FETCH_AHEAD_BYTES, decodeBytes: loaded.config['process-max'] * 2 * WINDOW_BLOCKS * backup.blockSize });
     // Files go in batches whose blobs are fetched together (see restore-files.ts); batches run
     // concurrently, bounded by the fetchers, and their directories exist before they run.
     let batch: FileToRestore[] = [];

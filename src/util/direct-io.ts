@@ -21,6 +21,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { log } from './log.ts';
 import { Semaphore } from './concurrency.ts';
+import { freeNow, type BufferSource } from './memory.ts';
 
 /** 4 KiB covers every common device (512e and 4Kn disks, NVMe, virtio). */
 export const DIRECT_IO_ALIGNMENT = 4096;
@@ -95,6 +96,41 @@ export class AlignedBufferPool {
         release();
       },
     };
+  }
+}
+
+/** Whether `buffer` starts on a page of an aligned allocation (alignedBuffers): usable for direct I/O. */
+export function isAlignedBuffer(buffer: Buffer): boolean {
+  return memoryOf(buffer) !== undefined && buffer.byteOffset % DIRECT_IO_ALIGNMENT === 0;
+}
+
+/**
+ * Page-aligned buffers of one size, reused like util/memory.ts ReusableBuffers but as many as
+ * are asked for: restore decodes blobs into them and writes a window that is one whole blob
+ * straight from there, direct or not. They are made `group` at a time, one WebAssembly.Memory
+ * per group (each memory reserves guard address space, so not one per buffer); pages are
+ * resident only once written.
+ */
+export class ReusableAlignedBuffers implements BufferSource {
+  readonly size: number;
+  private readonly group: number;
+  private readonly idle: Buffer[] = [];
+
+  /** `size` is rounded up to whole WebAssembly pages (64 KiB). */
+  constructor(size: number, group: number) {
+    this.size = Math.ceil(size / WASM_PAGE) * WASM_PAGE;
+    this.group = Math.max(1, group);
+  }
+
+  take(): Buffer {
+    if (this.idle.length === 0) this.idle.push(...alignedBuffers(this.group, this.size).reverse());
+    return this.idle.pop()!;
+  }
+
+  /** Returns a buffer from take(); any other (a small blob's own) is freed at once (memory.ts freeNow). */
+  give(buffer: Buffer): void {
+    if (buffer.length === this.size && isAlignedBuffer(buffer)) this.idle.push(buffer);
+    else freeNow(buffer);
   }
 }
 

@@ -18,6 +18,14 @@ export function freeNow(buffer: Buffer): void {
   }
 }
 
+/** Buffers of one size handed out and given back (ReusableBuffers, direct-io.ts ReusableAlignedBuffers). */
+export interface BufferSource {
+  readonly size: number;
+  take(): Buffer;
+  /** Returns a buffer from take(), no longer read or written by anyone. */
+  give(buffer: Buffer): void;
+}
+
 /**
  * Buffers of one size, handed out again once given back instead of allocated anew. A program
  * that allocates and frees a large buffer per unit of work (restore: a MiB per decoded blob)
@@ -25,7 +33,7 @@ export function freeNow(buffer: Buffer): void {
  * buffers that live as long as the process do not. A buffer of another size given back is
  * freed at once.
  */
-export class ReusableBuffers {
+export class ReusableBuffers implements BufferSource {
   readonly size: number;
   private readonly idle: Buffer[] = [];
 
