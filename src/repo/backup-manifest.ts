@@ -22,6 +22,7 @@ import { runPipeline } from '../pipeline/run.ts';
 import { mapSettled } from '../util/concurrency.ts';
 import { BACKUPS_PREFIX, backupManifestKey, backupSummaryKey, parseBackupSummaryKey } from './layout.ts';
 import type { Repository } from './repository.ts';
+import { byCodeUnits } from '../util/order.ts';
 
 export type Extent = [firstBlock: number, blockCount: number, packId: string, blobOffset: number, blobLength: number, firstBlockInBlob: number, crc32?: string];
 
@@ -120,7 +121,7 @@ const SUMMARY_READS = 16;
 export async function listBackups(repo: Repository): Promise<BackupSummary[]> {
   const keys: string[] = [];
   for await (const object of repo.storage.list(BACKUPS_PREFIX)) keys.push(object.key);
-  const latest = [...latestSummaryKeys(keys)].sort(([a], [b]) => a.localeCompare(b));
+  const latest = [...latestSummaryKeys(keys)].sort(([a], [b]) => byCodeUnits(a, b));
   // Several at a time: on S3 each is a round trip, and every backup and restore lists them all.
   const read = await mapSettled(latest, SUMMARY_READS, ([, { key }]) => readBackupSummary(repo, key));
   return read.map((result) => {
@@ -258,6 +259,20 @@ async function* linesOf(input: AsyncIterable<Buffer>): AsyncGenerator<string> {
   if (pending.length > 0) yield Buffer.concat(pending).toString('utf8').replace(/\r$/, '');
 }
 
+/** Parses the next non-empty line; undefined at the end. */
+async function nextEntry(lines: AsyncGenerator<string>, what: string): Promise<ManifestEntry | ManifestEnd | undefined> {
+  for (;;) {
+    const next = await lines.next();
+    if (next.done) return undefined;
+    if (next.value === '') continue;
+    try {
+      return JSON.parse(next.value) as ManifestEntry | ManifestEnd;
+    } catch {
+      throw new PgarkError('INTEGRITY', `the manifest of ${what} has a malformed line`);
+    }
+  }
+}
+
 /**
  * Reads any manifest-format object line by line: a backup's manifest, or a checkpoint
  * (partial-NNNN.jsonl) of a backup in progress, which has no end line (requireEnd false).
@@ -269,16 +284,24 @@ export async function* readManifestObject(repo: Repository, key: string, what: s
   const body = await repo.storage.get(key);
   const piping = runPipeline([body, ...stages, decoded]).catch((error: unknown) => decoded.destroy(error as Error));
   let sawEnd = false;
-  for await (const line of linesOf(decoded)) {
-    if (line === '') continue;
-    let entry: ManifestEntry | ManifestEnd;
-    try {
-      entry = JSON.parse(line) as ManifestEntry | ManifestEnd;
-    } catch {
-      throw new PgarkError('INTEGRITY', `the manifest of ${what} has a malformed line`);
+  // A generator keeps its locals while it waits at `yield`: the line and the entry just yielded
+  // would stay in memory until the caller asks for the next one (a fragmented segment's line is
+  // ~4 MB, its entry ~10 MiB as objects, also after the caller dropped it). So the line is
+  // parsed in a function of its own, and the entry handed over from a slot it leaves.
+  const lines = linesOf(decoded);
+  const slot: { entry?: ManifestEntry | ManifestEnd } = {};
+  const take = (): ManifestEntry | ManifestEnd => {
+    const entry = slot.entry!;
+    slot.entry = undefined;
+    return entry;
+  };
+  try {
+    while ((slot.entry = await nextEntry(lines, what)) !== undefined) {
+      if (slot.entry.t === 'end') sawEnd = true;
+      yield take();
     }
-    if (entry.t === 'end') sawEnd = true;
-    yield entry;
+  } finally {
+    await lines.return(undefined);
   }
   await piping;
   if (!sawEnd && options.requireEnd) throw new PgarkError('INTEGRITY', `the manifest of ${what} is truncated`);

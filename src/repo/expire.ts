@@ -35,6 +35,7 @@ import { decideRetention, hasPolicy, walNeeded, type RetainReason, type Retentio
 import { addLiveBlob, repack, REPACK_GRACE_MS, repackCandidates, summarize, type LiveBlobs, type RepackSummary } from './repack.ts';
 import { listWalObjects } from './wal-archive.ts';
 import { listWalSummaries } from './wal-block-map.ts';
+import { byCodeUnits } from '../util/order.ts';
 
 /** Unfinished uploads and temporary files older than this belong to writers that died. */
 const STALE_UPLOAD_MS = 24 * 3600 * 1000;
@@ -111,7 +112,7 @@ export async function expire(repo: Repository, options: ExpireOptions): Promise<
 
     const stamp = (id: string) => id.slice(0, 15);
     const newestComplete = completeIds.at(-1);
-    const incompleteIds = [...objectsOf.keys()].filter((id) => !completeIds.includes(id)).sort((a, b) => stamp(a).localeCompare(stamp(b)));
+    const incompleteIds = [...objectsOf.keys()].filter((id) => !completeIds.includes(id)).sort((a, b) => byCodeUnits(stamp(a), stamp(b)));
     const candidate = incompleteIds.at(-1);
     const keptIncomplete = candidate && (!newestComplete || stamp(candidate) > stamp(newestComplete)) ? candidate : undefined;
     const garbageIncomplete = incompleteIds.filter((id) => id !== keptIncomplete);

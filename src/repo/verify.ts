@@ -23,6 +23,7 @@ import { fetchRange, planRanges, type BlobRef } from './restore-files.ts';
 import { listWalObjects, type StoredWalObject } from './wal-archive.ts';
 import { coverageOf, type ArchiveCoverage } from './wal-ranges.ts';
 import type { VerifyState } from './verify-state.ts';
+import { byCodeUnits } from '../util/order.ts';
 
 export type VerifyMode = 'quick' | 'incremental' | 'full';
 
@@ -107,7 +108,7 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions)
   // ---- backups: summaries and manifests ----
   const backupObjects = new Map<string, number>();
   for await (const object of repo.storage.list(BACKUPS_PREFIX)) backupObjects.set(object.key, object.size);
-  const summaryKeys = [...latestSummaryKeys(backupObjects.keys())].sort(([a], [b]) => a.localeCompare(b));
+  const summaryKeys = [...latestSummaryKeys(backupObjects.keys())].sort(([a], [b]) => byCodeUnits(a, b));
   const summaries: BackupSummary[] = [];
   for (const [id, { key }] of summaryKeys) {
     try {
