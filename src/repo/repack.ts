@@ -20,6 +20,7 @@ import { ManifestWriter, readManifest, writeBackupSummary, type BackupSummary, t
 import { packKey } from './layout.ts';
 import type { RepositoryLock } from './lock.ts';
 import { PACK_TARGET_SIZE, PackWriter, type BlobLocation } from './packs.ts';
+import { byCodeUnits } from '../util/order.ts';
 import type { Repository } from './repository.ts';
 
 /** How long superseded generations and repacked packs outlive their replacement. */
@@ -69,7 +70,7 @@ export function repackCandidates(live: LiveBlobs, packSizes: ReadonlyMap<string,
     for (const length of blobs.values()) liveBytes += length;
     if ((size - liveBytes) * 100 >= thresholdPercent * size) candidates.push({ packId, size, liveBytes });
   }
-  return candidates.sort((a, b) => a.packId.localeCompare(b.packId));
+  return candidates.sort((a, b) => byCodeUnits(a.packId, b.packId));
 }
 
 export function summarize(candidates: readonly RepackCandidate[], backups: number): RepackSummary {
