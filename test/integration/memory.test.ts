@@ -4,14 +4,16 @@
 // up in full, changed in 2 % of its rows at random (about half of its pages: a fragmented extent
 // list), backed up incrementally and restored, once into a file repository and once into S3
 // (Ceph RGW: the SDK, its sockets and ranged GETs come on top). Each command's peak RSS, as it
-// reports it, stays under 150 MiB (file: pgark measures 110–120 MiB here; restore of the chain
-// 153–170 MiB before it decoded into reused buffers with a read-ahead budget shared by its
-// batches). The restored cluster must return the source's data.
+// reports it, stays under the bound of its repository kind: file 125 MiB (pgark measures
+// 102–112 MiB here), S3 145 MiB (123–134 MiB; restore of the chain 153–170 MiB before it decoded
+// into reused buffers with a read-ahead budget shared by its batches). The restored cluster must
+// return the source's data.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createPrimary, fingerprint, restoreAndStart, switchAndArchive, type BackupJson } from '../support/backup.ts';
 
-const LIMIT_MIB = 150;
+/** Per repository kind: what pgark measures here plus ~10–20 MiB for a loaded machine. */
+const LIMIT_MIB = { file: 125, s3: 145 } as const;
 
 /** The peakRss field of the command's completion log line (JSON log format), in MiB. */
 function peakRssMiB(stderr: string): number {
@@ -26,7 +28,7 @@ function peakRssMiB(stderr: string): number {
 }
 
 for (const kind of ['file', 's3'] as const) {
-  test(`full and incremental backups of a few hundred MB and the restore of the chain stay under 150 MiB peak RSS (${kind} repository)`, { timeout: 900_000 }, async (t) => {
+  test(`full and incremental backups of a few hundred MB and the restore of the chain stay under ${LIMIT_MIB[kind]} MiB peak RSS (${kind} repository)`, { timeout: 900_000 }, async (t) => {
     const { repo, primary: p } = await createPrimary(t, { kind, name: `memory-${kind}`, repoSettings: { 'log-format': 'json' } });
     await p.sql('CREATE TABLE t (id bigint PRIMARY KEY, n int, v text)');
     // ~1.2 M rows of ~250 bytes, half of it incompressible (md5 digests), half repetitive.
@@ -57,7 +59,7 @@ for (const kind of ['file', 's3'] as const) {
 
     t.diagnostic(`peak RSS MiB: ${Object.entries(peaks).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ')}`);
     for (const command of ['full', 'incremental', 'restore']) {
-      assert.ok(peaks[command]! < LIMIT_MIB, `${command}: peak RSS ${peaks[command]!.toFixed(0)} MiB, over ${LIMIT_MIB} MiB`);
+      assert.ok(peaks[command]! < LIMIT_MIB[kind], `${command}: peak RSS ${peaks[command]!.toFixed(0)} MiB, over ${LIMIT_MIB[kind]} MiB`);
     }
   });
 }
