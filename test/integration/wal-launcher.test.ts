@@ -28,6 +28,22 @@ import {
 
 const NO_NODE = /^pgark: error: node is not on PATH .*; hint: /m;
 
+/** A call run without Node on PATH that the launcher handed over: its "node is not on PATH" error. */
+function assertHandedToNode(r: { code: number | null; stderr: string }, why: string): void {
+  assert.equal(r.code, 2, `${why}: handed to Node (exit 2), got ${r.code}\n${r.stderr}`);
+  assert.match(r.stderr, NO_NODE, why);
+}
+
+/** Runs `check` while dataDir/postmaster.pid names another postmaster than the one the markers were written under. */
+async function underAnotherPostmaster(dataDir: string, check: () => Promise<void>): Promise<void> {
+  fs.writeFileSync(path.join(dataDir, 'postmaster.pid'), `12345\n${dataDir}\n1763800000\n`);
+  try {
+    await check();
+  } finally {
+    fs.rmSync(path.join(dataDir, 'postmaster.pid'));
+  }
+}
+
 /** Makes `file` newer than the markers written so far. */
 async function touchLater(file: string): Promise<void> {
   await sleep(50);
@@ -76,11 +92,7 @@ test('the launcher answers wal-push calls of files the pusher archived, and hand
     if (r.code === 0) fs.renameSync(path.join(walDir, 'archive_status', `${name}.ready`), path.join(walDir, 'archive_status', `${name}.done`));
     return r;
   };
-  const handedToNode = async (name: string, why: string, configPath?: string) => {
-    const r = await call(name, true, configPath);
-    assert.equal(r.code, 2, `${why}: handed to Node (exit 2), got ${r.code}\n${r.stderr}`);
-    assert.match(r.stderr, NO_NODE, why);
-  };
+  const handedToNode = async (name: string, why: string, configPath?: string) => assertHandedToNode(await call(name, true, configPath), why);
 
   const [n1, n2, n3, n4, n5, n6, n7, n8, n9] = names as [string, string, string, string, string, string, string, string, string];
   // No pusher, no marker: only Node can answer.
@@ -115,9 +127,7 @@ test('the launcher answers wal-push calls of files the pusher archived, and hand
   await touchLater(path.join(walDir, n6));
   await handedToNode(n6, 'the WAL file is newer than the marker');
   // Another postmaster than the one the pusher was started under (PostgreSQL restarted).
-  fs.writeFileSync(path.join(dataDir, 'postmaster.pid'), `12345\n${dataDir}\n1763800000\n`);
-  await handedToNode(n7, 'another postmaster');
-  fs.rmSync(path.join(dataDir, 'postmaster.pid'));
+  await underAnotherPostmaster(dataDir, () => handedToNode(n7, 'another postmaster'));
   // Another build's key.
   const marker8 = markerOf(n8);
   fs.writeFileSync(marker8, fs.readFileSync(marker8, 'utf8').replace(/^(pgark-quick-2 )\S+/, '$1another-build'));
@@ -153,9 +163,7 @@ test('the launcher puts prefetched segments in place for wal-fetch, and hands ev
     fs.rmSync(target);
   };
   const handedToNode = async (name: string, why: string, configPath?: string) => {
-    const r = await fetch(name, true, configPath);
-    assert.equal(r.code, 2, `${why}: handed to Node (exit 2), got ${r.code}\n${r.stderr}`);
-    assert.match(r.stderr, NO_NODE, why);
+    assertHandedToNode(await fetch(name, true, configPath), why);
     assert.equal(fs.existsSync(target), false, `${why}: nothing written`);
   };
   const pointer = path.join(walDir, '.pgark', 'prefetch');
@@ -187,9 +195,7 @@ test('the launcher puts prefetched segments in place for wal-fetch, and hands ev
   await handedToNode('./././..//fetch-position', 'a name with a path in it');
   await touchLater(repo.configPath);
   await handedToNode(n4, 'the config file is newer than the prefetcher');
-  fs.writeFileSync(path.join(dataDir, 'postmaster.pid'), `12345\n${dataDir}\n1763800000\n`);
-  await handedToNode(n4, 'another postmaster');
-  fs.rmSync(path.join(dataDir, 'postmaster.pid'));
+  await underAnotherPostmaster(dataDir, () => handedToNode(n4, 'another postmaster'));
   fs.utimesSync(repo.configPath, longAgo, longAgo);
   restored(n4, await fetch(n4, true), 'by the launcher alone once the config is older again');
   // A prefetcher that is gone (killed): its announcement is not trusted.
